@@ -1,0 +1,55 @@
+//! governor's kernel programs. The daemon loads them from the object this crate builds
+//! (`cargo xtask build-ebpf`) and attaches them to the agents' root cgroup.
+#![no_std]
+#![no_main]
+
+mod agent;
+mod maps;
+mod skb;
+mod sock_addr;
+
+use aya_ebpf::{
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
+};
+use governor_common::{HOOK_CONNECT, HOOK_SENDMSG};
+
+#[cgroup_sock_addr(connect4)]
+pub fn governor_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr::verdict(&ctx, HOOK_CONNECT, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn governor_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr::verdict(&ctx, HOOK_CONNECT, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn governor_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr::verdict(&ctx, HOOK_SENDMSG, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn governor_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr::verdict(&ctx, HOOK_SENDMSG, true)
+}
+
+#[cgroup_skb(egress)]
+pub fn governor_skb_egress(ctx: SkBuffContext) -> i32 {
+    skb::count(&ctx, skb::Direction::Egress)
+}
+
+#[cgroup_skb(ingress)]
+pub fn governor_skb_ingress(ctx: SkBuffContext) -> i32 {
+    skb::count(&ctx, skb::Direction::Ingress)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

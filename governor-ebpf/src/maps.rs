@@ -1,0 +1,58 @@
+//! Every map the programs use, declared in one place. Sizes are ceilings the daemon may lower.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
+    macros::btf_map,
+};
+use governor_common::{
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DenyEvent, StatsKey, TrafficCounters,
+};
+
+#[btf_map]
+pub static AGENTS: HashMap<u64, AgentInfo, 4096> = HashMap::new();
+
+#[btf_map]
+pub static ALLOW_V4: LpmTrie<AllowKeyV4, u32, 1_048_576> = LpmTrie::new();
+
+#[btf_map]
+pub static ALLOW_V6: LpmTrie<AllowKeyV6, u32, 1_048_576> = LpmTrie::new();
+
+#[btf_map]
+pub static CONN_STATS: PerCpuHashMap<StatsKey, ConnCounters, 65_536> = PerCpuHashMap::new();
+
+#[btf_map]
+pub static TRAFFIC: PerCpuHashMap<StatsKey, TrafficCounters, 65_536> = PerCpuHashMap::new();
+
+/// Which (agent, endpoint) a socket's packets are charged to: set on connect/sendmsg, or on
+/// the first packet of a socket those hooks never saw (accepted connections).
+#[btf_map]
+pub static SOCK_TAGS: SkStorage<StatsKey> = SkStorage::new();
+
+#[btf_map]
+pub static EVENTS: RingBuf<DenyEvent, { 256 * 1024 }> = RingBuf::new();
+
+#[btf_map]
+pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot on first use.
+#[inline(always)]
+pub fn per_cpu_add<V: Default, const N: usize>(
+    map: &PerCpuHashMap<StatsKey, V, N>,
+    key: &StatsKey,
+    f: impl Fn(&mut V),
+) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest here.
+        f(unsafe { &mut *v });
+        return;
+    }
+    let mut v = V::default();
+    f(&mut v);
+    // BPF_NOEXIST: if another CPU created the key meanwhile, add to our (zeroed) slot instead.
+    if map.insert(key, &v, 1).is_err()
+        && let Some(v) = map.get_ptr_mut(key)
+    {
+        // SAFETY: as above.
+        f(unsafe { &mut *v });
+    }
+}
