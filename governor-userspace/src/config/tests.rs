@@ -1,0 +1,245 @@
+use std::path::Path;
+
+use super::*;
+
+fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
+    LoadedConfig::from_str(Path::new("test.toml"), text.to_owned())
+}
+
+/// The error message, which must name the file, the line and the key.
+fn error(text: &str) -> String {
+    load(text)
+        .expect_err("config should be refused")
+        .to_string()
+}
+
+const GOOD: &str = r#"
+[daemon]
+agents_root = "governor.agents"
+socket = "/run/governor/governor.sock"
+metrics = "127.0.0.1:9477"
+
+[[endpoint]]
+name = "llm-api"
+addresses = ["203.0.113.10", "2001:db8::/32", "127.0.0.1"]
+ports = [443, 8443]
+protocol = "tcp"
+
+[[agent]]
+name = "scanner"
+cgroup = "scanner"
+endpoints = ["llm-api"]
+mode = "enforce"
+"#;
+
+#[test]
+fn the_issue_example_loads() {
+    let c = load(GOOD).unwrap().config;
+    assert_eq!(c.endpoints[0].protocol, Protocol::Tcp);
+    assert_eq!(c.agents[0].mode, Mode::Enforce);
+    assert_eq!(c.agents[0].cgroup_name(), "scanner");
+}
+
+#[test]
+fn the_embedded_default_observes_everything() {
+    let c = LoadedConfig::default_config().config;
+    assert!(c.agents.is_empty());
+    assert_eq!(c.daemon.unlisted_agents, UnlistedAgents::Observe);
+    assert_eq!(c.daemon.agents_root.get_ref(), "governor.agents");
+    assert_eq!(c.daemon.metrics.get_ref(), "127.0.0.1:9477");
+}
+
+#[test]
+fn shipped_examples_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            LoadedConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no examples found in {}", dir.display());
+}
+
+#[test]
+fn defaults_fill_omitted_keys() {
+    let c = load("[[agent]]\nname = \"a\"\n").unwrap().config;
+    assert_eq!(
+        c.agents[0].mode,
+        Mode::Enforce,
+        "an agent named in config enforces unless told otherwise"
+    );
+    assert_eq!(c.agents[0].cgroup_name(), "a");
+    assert!(c.agents[0].endpoints.is_empty());
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let e = error("[daemon]\nagents_root = \"x\"\nsocket = \n");
+    assert!(e.starts_with("test.toml:3:"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    let e = error("[daemon]\nagents_root = \"x\"\nsokcet = \"/run/x.sock\"\n");
+    assert!(e.starts_with("test.toml:3:1: sokcet:"), "{e}");
+    assert!(e.contains("unknown field `sokcet`"), "{e}");
+
+    let e = error("[[agent]]\nname = \"a\"\nendpoint = [\"x\"]\n");
+    assert!(e.starts_with("test.toml:3:"), "{e}");
+}
+
+#[test]
+fn unknown_endpoint_names_the_agent_key_and_line() {
+    let text = GOOD.replace(
+        "endpoints = [\"llm-api\"]",
+        "endpoints = [\"llm-api\", \"search\"]",
+    );
+    let e = error(&text);
+    let line = text.lines().position(|l| l.contains("\"search\"")).unwrap() + 1;
+    assert!(e.starts_with(&format!("test.toml:{line}:")), "{e}");
+    assert!(
+        e.contains("agent[0].endpoints: unknown endpoint \"search\" (defined: llm-api)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_addresses_are_refused() {
+    for (bad, needle) in [
+        ("10.0.0.1/8", "host bits set; did you mean 10.0.0.0/8"),
+        ("10.0.0.0/33", "prefix length must be a number from 0 to 32"),
+        ("2001:db8::/129", "from 0 to 128"),
+        ("example.com", "is not an IP address"),
+        ("300.1.1.1", "is not an IP address"),
+    ] {
+        let text = GOOD.replace("\"203.0.113.10\"", &format!("{bad:?}"));
+        let e = error(&text);
+        assert!(
+            e.contains("endpoint[0].addresses") && e.contains(needle),
+            "{bad}: {e}"
+        );
+        assert!(e.starts_with("test.toml:9:"), "{bad}: {e}");
+    }
+    let e = error(&GOOD.replace(
+        "addresses = [\"203.0.113.10\", \"2001:db8::/32\", \"127.0.0.1\"]",
+        "addresses = []",
+    ));
+    assert!(e.contains("at least one address"), "{e}");
+}
+
+#[test]
+fn duplicates_are_refused() {
+    let text = format!("{GOOD}\n[[agent]]\nname = \"scanner\"\ncgroup = \"other\"\n");
+    let e = error(&text);
+    assert!(
+        e.contains("agent[1].name: duplicate agent name \"scanner\""),
+        "{e}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines
+        .iter()
+        .rposition(|l| *l == "name = \"scanner\"")
+        .unwrap()
+        + 1;
+    assert!(e.starts_with(&format!("test.toml:{line}:8:")), "{e}");
+
+    let text = format!("{GOOD}\n[[agent]]\nname = \"b\"\ncgroup = \"scanner\"\n");
+    assert!(error(&text).contains("agent[1].cgroup: cgroup \"scanner\" is already agent[0]'s"));
+
+    let text = format!("{GOOD}\n[[endpoint]]\nname = \"llm-api\"\naddresses = [\"10.0.0.0/8\"]\n");
+    assert!(error(&text).contains("duplicate endpoint name"));
+}
+
+#[test]
+fn bad_values_are_refused() {
+    let cases = [
+        (
+            GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
+            "unknown variant `sctp`",
+        ),
+        (
+            GOOD.replace("mode = \"enforce\"", "mode = \"strict\""),
+            "unknown variant `strict`",
+        ),
+        (
+            GOOD.replace("ports = [443, 8443]", "ports = [0]"),
+            "0 is not a port",
+        ),
+        (
+            GOOD.replace("ports = [443, 8443]", "ports = [70000]"),
+            "70000 is not a port",
+        ),
+        (
+            GOOD.replace("ports = [443, 8443]", "ports = [-1]"),
+            "-1 is not a port",
+        ),
+        (
+            GOOD.replace("cgroup = \"scanner\"", "cgroup = \"a/b\""),
+            "one directory directly under agents_root",
+        ),
+        (
+            GOOD.replace("cgroup = \"scanner\"", "cgroup = \"..\""),
+            "agent[0].cgroup",
+        ),
+        (
+            GOOD.replace(
+                "agents_root = \"governor.agents\"",
+                "agents_root = \"/sys/fs/cgroup\"",
+            ),
+            "must be a relative path",
+        ),
+        (
+            GOOD.replace(
+                "agents_root = \"governor.agents\"",
+                "agents_root = \"a/../b\"",
+            ),
+            "must be a relative path",
+        ),
+        (
+            GOOD.replace("metrics = \"127.0.0.1:9477\"", "metrics = \"localhost\""),
+            "daemon.metrics",
+        ),
+        (
+            GOOD.replace(
+                "socket = \"/run/governor/governor.sock\"",
+                "socket = \"gov.sock\"",
+            ),
+            "must be an absolute path",
+        ),
+        (
+            GOOD.replace("name = \"scanner\"", "name = \"\""),
+            "must be 1 to 64 characters",
+        ),
+        (
+            GOOD.replace("name = \"scanner\"", "name = \"scan ner\""),
+            "may only use letters",
+        ),
+    ];
+    for (text, needle) in cases {
+        let e = error(&text);
+        assert!(e.contains(needle), "expected {needle:?} in {e}");
+        assert!(e.starts_with("test.toml:"), "{e}");
+    }
+}
+
+#[test]
+fn unreadable_file_says_which() {
+    let e = LoadedConfig::from_file(Path::new("/nonexistent/governor.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot read config file /nonexistent/governor.toml"),
+        "{e}"
+    );
+}
+
+#[test]
+fn checksum_is_of_the_text() {
+    let a = load(GOOD).unwrap();
+    let b = load(&format!("{GOOD}\n# comment\n")).unwrap();
+    assert_eq!(a.sha256().len(), 64);
+    assert_ne!(a.sha256(), b.sha256());
+}

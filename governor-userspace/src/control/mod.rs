@@ -1,0 +1,7 @@
+//! The control socket: HTTP+JSON over a Unix socket, so `curl --unix-socket` works too.
+
+mod client;
+mod server;
+
+pub use client::{Client, ClientError};
+pub use server::{bind, serve};

@@ -1,0 +1,157 @@
+//! Decoding deny events from the ring buffer. A record is never trusted: wrong sizes and
+//! unknown codes are rejected and counted by the caller.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use governor_common::{
+    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_SENDMSG, REASON_NOT_ALLOWLISTED,
+    VERDICT_DENIED, VERDICT_WOULD_DENY,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::protocol_name;
+
+/// A decoded deny event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub timestamp_ns: u64,
+    pub cgroup_id: u64,
+    pub agent_id: u32,
+    pub pid: u32,
+    pub reason: String,
+    /// "denied" or "would_deny" (observe mode).
+    pub verdict: String,
+    pub hook: String,
+    pub protocol: String,
+    pub destination: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes, expected {size}", size = size_of::<DenyEvent>())]
+    Size(usize),
+    #[error("unknown {field} code {value}")]
+    Code { field: &'static str, value: u8 },
+}
+
+pub fn reason_name(code: u8) -> Option<&'static str> {
+    match code {
+        REASON_NOT_ALLOWLISTED => Some("not-allowlisted"),
+        _ => None,
+    }
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
+    if bytes.len() != size_of::<DenyEvent>() {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: the length matches and DenyEvent is plain integers; read_unaligned copies.
+    let e: DenyEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let code = |field, value| DecodeError::Code { field, value };
+    let reason = reason_name(e.reason).ok_or(code("reason", e.reason))?;
+    let verdict = match e.verdict {
+        VERDICT_DENIED => "denied",
+        VERDICT_WOULD_DENY => "would_deny",
+        v => return Err(code("verdict", v)),
+    };
+    let hook = match e.hook {
+        HOOK_CONNECT => "connect",
+        HOOK_SENDMSG => "sendmsg",
+        v => return Err(code("hook", v)),
+    };
+    let ip: IpAddr = match e.family {
+        AF_INET => Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).into(),
+        AF_INET6 => Ipv6Addr::from(e.addr).into(),
+        v => return Err(code("family", v)),
+    };
+    let destination = match ip {
+        IpAddr::V4(a) => format!("{a}:{}", e.port),
+        IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+    };
+    Ok(Denial {
+        timestamp_ns: e.timestamp_ns,
+        cgroup_id: e.cgroup_id,
+        agent_id: e.agent_id,
+        pid: e.pid,
+        reason: reason.to_owned(),
+        verdict: verdict.to_owned(),
+        hook: hook.to_owned(),
+        protocol: protocol_name(e.protocol).to_owned(),
+        destination,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use governor_common::IPPROTO_UDP;
+
+    use super::*;
+
+    fn bytes(e: &DenyEvent) -> Vec<u8> {
+        // SAFETY: DenyEvent is plain integers with no padding (asserted in governor-common).
+        unsafe {
+            std::slice::from_raw_parts((e as *const DenyEvent).cast::<u8>(), size_of::<DenyEvent>())
+        }
+        .to_vec()
+    }
+
+    fn event() -> DenyEvent {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[203, 0, 113, 7]);
+        DenyEvent {
+            timestamp_ns: 5,
+            cgroup_id: 9,
+            agent_id: 3,
+            pid: 42,
+            reason: REASON_NOT_ALLOWLISTED,
+            verdict: VERDICT_DENIED,
+            protocol: IPPROTO_UDP,
+            family: AF_INET,
+            port: 443,
+            hook: HOOK_SENDMSG,
+            _pad: 0,
+            addr,
+        }
+    }
+
+    #[test]
+    fn decodes_a_v4_denial() {
+        let d = decode_event(&bytes(&event())).unwrap();
+        assert_eq!(d.destination, "203.0.113.7:443");
+        assert_eq!(
+            (
+                d.reason.as_str(),
+                d.verdict.as_str(),
+                d.hook.as_str(),
+                d.protocol.as_str()
+            ),
+            ("not-allowlisted", "denied", "sendmsg", "udp")
+        );
+    }
+
+    #[test]
+    fn decodes_v6_with_brackets() {
+        let mut e = event();
+        e.family = AF_INET6;
+        e.addr = Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(decode_event(&bytes(&e)).unwrap().destination, "[::1]:443");
+    }
+
+    #[test]
+    fn rejects_truncated_and_unknown_records() {
+        let b = bytes(&event());
+        assert_eq!(decode_event(&b[..47]), Err(DecodeError::Size(47)));
+        let mut e = event();
+        e.reason = 200;
+        assert_eq!(
+            decode_event(&bytes(&e)),
+            Err(DecodeError::Code {
+                field: "reason",
+                value: 200
+            })
+        );
+        let mut e = event();
+        e.family = 7;
+        assert!(decode_event(&bytes(&e)).is_err());
+    }
+}

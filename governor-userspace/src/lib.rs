@@ -1,0 +1,18 @@
+//! governor: kernel-enforced network and spend boundaries for autonomous AI agents.
+//!
+//! The library holds every concern of the daemon and CLI; `main.rs` only dispatches.
+//! See ARCHITECTURE.md for the map.
+
+pub mod agents;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod governor;
+pub mod kernel;
+pub mod metrics;
+pub mod policy;
+pub mod status;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

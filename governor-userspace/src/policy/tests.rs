@@ -1,0 +1,150 @@
+use std::path::Path;
+
+use governor_common::{ALLOW_KEY_FIXED_BITS, IPPROTO_TCP, IPPROTO_UDP};
+
+use super::*;
+use crate::config::LoadedConfig;
+
+fn compile_text(text: &str) -> Result<Policy, PolicyError> {
+    let loaded =
+        LoadedConfig::from_str(Path::new("t.toml"), text.to_owned()).expect("valid config");
+    compile(&loaded.config)
+}
+
+const TWO_ENDPOINTS: &str = r#"
+[[endpoint]]
+name = "api"
+addresses = ["203.0.113.10", "2001:db8::/32"]
+ports = [443, 8443]
+protocol = "tcp"
+
+[[endpoint]]
+name = "dns"
+addresses = ["10.0.0.0/8"]
+protocol = "any"
+
+[[agent]]
+name = "scanner"
+endpoints = ["api", "dns"]
+
+[[agent]]
+name = "idle"
+mode = "observe"
+"#;
+
+#[test]
+fn rules_expand_ports_protocols_and_families() {
+    let p = compile_text(TWO_ENDPOINTS).unwrap();
+    let scanner = &p.agents[0];
+    let api = name_id("api");
+    let dns = name_id("dns");
+
+    // api: 1 v4 address x 2 ports (tcp); dns: 1 prefix x any port x (tcp, udp).
+    let mut v4: Vec<_> = scanner
+        .rules_v4
+        .iter()
+        .map(|r| {
+            (
+                r.key.protocol,
+                u16::from_be_bytes(r.key.port),
+                r.prefix_len,
+                r.endpoint_id,
+            )
+        })
+        .collect();
+    v4.sort_unstable();
+    assert_eq!(
+        v4,
+        vec![
+            (IPPROTO_TCP, 0, ALLOW_KEY_FIXED_BITS + 8, dns),
+            (IPPROTO_TCP, 443, ALLOW_KEY_FIXED_BITS + 32, api),
+            (IPPROTO_TCP, 8443, ALLOW_KEY_FIXED_BITS + 32, api),
+            (IPPROTO_UDP, 0, ALLOW_KEY_FIXED_BITS + 8, dns),
+        ]
+    );
+    assert_eq!(scanner.rules_v6.len(), 2);
+    assert!(
+        scanner
+            .rules_v6
+            .iter()
+            .all(|r| r.prefix_len == ALLOW_KEY_FIXED_BITS + 32 && r.endpoint_id == api)
+    );
+    assert!(
+        scanner
+            .rules_v4
+            .iter()
+            .all(|r| r.key.agent_id == scanner.id.to_be_bytes())
+    );
+    assert_eq!(
+        scanner
+            .rules_v4
+            .iter()
+            .find(|r| r.endpoint_id == api)
+            .unwrap()
+            .key
+            .addr,
+        [203, 0, 113, 10]
+    );
+}
+
+#[test]
+fn an_empty_allowlist_compiles_to_no_rules() {
+    let p = compile_text(TWO_ENDPOINTS).unwrap();
+    let idle = &p.agents[1];
+    assert!(idle.rules_v4.is_empty() && idle.rules_v6.is_empty());
+    assert_eq!(mode_code(idle.mode), governor_common::MODE_OBSERVE);
+    assert_eq!(mode_code(p.agents[0].mode), governor_common::MODE_ENFORCE);
+}
+
+#[test]
+fn ids_come_from_names() {
+    let p = compile_text(TWO_ENDPOINTS).unwrap();
+    assert_eq!(p.agents[0].id, name_id("scanner"));
+    assert_eq!(
+        p.endpoints.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![name_id("api"), name_id("dns")]
+    );
+}
+
+#[test]
+fn overlapping_endpoints_for_one_agent_are_refused() {
+    let text = r#"
+[[endpoint]]
+name = "a"
+addresses = ["127.0.0.1"]
+ports = [80]
+[[endpoint]]
+name = "b"
+addresses = ["127.0.0.1"]
+ports = [80, 81]
+[[agent]]
+name = "x"
+endpoints = ["a", "b"]
+"#;
+    let e = compile_text(text).unwrap_err().to_string();
+    assert!(
+        e.contains("endpoints \"a\" and \"b\" both allow tcp 127.0.0.1/32 port 80"),
+        "{e}"
+    );
+}
+
+#[test]
+fn overlap_across_agents_and_nested_prefixes_is_fine() {
+    let text = r#"
+[[endpoint]]
+name = "wide"
+addresses = ["10.0.0.0/8"]
+[[endpoint]]
+name = "narrow"
+addresses = ["10.1.0.0/16"]
+[[agent]]
+name = "x"
+endpoints = ["wide", "narrow"]
+[[agent]]
+name = "y"
+endpoints = ["wide"]
+"#;
+    let p = compile_text(text).unwrap();
+    assert_eq!(p.agents[0].rules_v4.len(), 4);
+    assert_eq!(p.agents[1].rules_v4.len(), 2);
+}
