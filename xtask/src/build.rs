@@ -1,0 +1,98 @@
+//! Building the eBPF object (nightly, build-std) and the binary that embeds it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+pub fn cmd(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn status(c: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{c:?}");
+    let s = c
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !s.success() {
+        bail!("{shown} failed: {s}");
+    }
+    Ok(())
+}
+
+/// Where the eBPF object lands; governor-userspace/build.rs looks here too.
+pub fn ebpf_object() -> PathBuf {
+    workspace_root().join("target/ebpf/bpfel-unknown-none/release/governor-ebpf")
+}
+
+/// Builds the eBPF object the way aya-build does, with the installed nightly.
+pub fn ebpf() -> anyhow::Result<PathBuf> {
+    crate::prereqs::ensure()?;
+    let rustflags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    status(
+        cmd("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "build",
+                "--package",
+                "governor-ebpf",
+                "--bins",
+                "--release",
+            ])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+                "target/ebpf",
+            ])
+            .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("RUSTFLAGS"),
+    )
+    .context("building the eBPF programs")?;
+    let object = ebpf_object();
+    if !object.is_file() {
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    Ok(object)
+}
+
+/// Builds the eBPF object, then every user-space binary (the default members) with it embedded.
+pub fn all(release: bool) -> anyhow::Result<PathBuf> {
+    let object = ebpf()?;
+    let mut c = cmd("cargo");
+    c.args(["build", "--bins"])
+        .env("GOVERNOR_EBPF_OBJECT", &object);
+    if release {
+        c.arg("--release");
+    }
+    status(&mut c)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("governor"))
+}

@@ -1,0 +1,54 @@
+//! `cargo xtask`: what cargo alone cannot do for governor: install prerequisites, build the
+//! eBPF object with nightly, run the daemon as root, and run every test, kernel ones included.
+
+mod build;
+mod prereqs;
+mod run;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test governor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building the eBPF object needs and is missing (rust-src, bpf-linker).
+    Setup,
+    /// Build the eBPF object only.
+    BuildEbpf,
+    /// Build the eBPF object and the `governor` binary that embeds it.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `governor run [ARGS...]` as root. Example: `cargo xtask run -- --config examples/governor.toml`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `governor run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every test: unit tests and the privileged kernel integration tests.
+    /// Set GOVERNOR_REQUIRE_PRIVILEGED=1 to make a skipped kernel test a failure.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => prereqs::ensure(),
+        Command::BuildEbpf => build::ebpf().map(drop),
+        Command::Build { release } => build::all(release).map(drop),
+        Command::Run { release, args } => run::run(release, &args),
+        Command::Test { args } => test::run(&args),
+    }
+}
