@@ -1,0 +1,585 @@
+//! Harness for governor's kernel integration tests: the real `governor` binary, loaded into the
+//! real kernel, governing real processes in real cgroups, with traffic only on loopback.
+//!
+//! Everything a test creates is owned by a guard that removes it on drop, panicking or not:
+//! `AgentsRoot` (the cgroups, and any process the test started in them), `Daemon` (the daemon
+//! process, its socket and config), `Server` (loopback listeners and their threads).
+
+use std::{
+    fs::OpenOptions,
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use governor::cgroup::Cgroup2Mount;
+use serde_json::Value;
+
+/// Whether this test can touch the kernel. Without root, cgroup2 or BTF it prints why and
+/// returns false, unless GOVERNOR_REQUIRE_PRIVILEGED=1, where a skip is a failure.
+pub fn privileged(test: &str) -> bool {
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("not running as root")
+    } else if Cgroup2Mount::discover().is_err() {
+        Some("no cgroup2 mount")
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    } else {
+        None
+    };
+    let Some(why) = missing else { return true };
+    if std::env::var_os("GOVERNOR_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+        panic!(
+            "{test}: cannot run the kernel test ({why}) and GOVERNOR_REQUIRE_PRIVILEGED=1 forbids skipping"
+        );
+    }
+    eprintln!("skipping {test}: {why} (run `sudo -E cargo xtask test`)");
+    false
+}
+
+/// A sibling binary of the test executable (`target/<profile>/NAME`).
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    dir.join(name)
+}
+
+/// The `governor` binary under test: GOVERNOR_BIN (set by `cargo xtask test`) or the sibling.
+pub fn governor_bin() -> PathBuf {
+    let path = std::env::var_os("GOVERNOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sibling_binary("governor"));
+    assert!(
+        path.is_file(),
+        "{} not found: run the kernel tests with `cargo xtask test`, which builds it with its eBPF programs",
+        path.display()
+    );
+    path
+}
+
+pub fn workload_bin() -> PathBuf {
+    let path = sibling_binary("governor-workload");
+    assert!(
+        path.is_file(),
+        "{} not found; cargo builds it before the integration tests",
+        path.display()
+    );
+    path
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private agents root below the cgroup2 mount, removed with everything in it on drop.
+pub struct AgentsRoot {
+    /// Relative to the cgroup2 mount, as `daemon.agents_root` wants it.
+    pub relative: String,
+    pub path: PathBuf,
+}
+
+impl AgentsRoot {
+    pub fn new() -> Self {
+        let mount = Cgroup2Mount::discover().expect("cgroup2 mount");
+        let relative = unique("governor-test");
+        let path = mount.mount_point.join(&relative);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Self { relative, path }
+    }
+
+    /// Creates (if needed) and returns the cgroup at `sub` below the root, e.g. "a1/worker".
+    pub fn cgroup(&self, sub: &str) -> PathBuf {
+        let p = self.path.join(sub);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Default for AgentsRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AgentsRoot {
+    fn drop(&mut self) {
+        remove_cgroup_tree(&self.path);
+    }
+}
+
+/// Kills what is left in our cgroups (only processes this test started: the cgroups are its
+/// own), then removes them deepest first.
+fn remove_cgroup_tree(path: &Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if Instant::now() > deadline => {
+                eprintln!(
+                    "warning: could not remove test cgroup {}: {e}",
+                    path.display()
+                );
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Runs `cmd` with its process placed in `cgroup` before exec, so everything it does from its
+/// first instruction is the agent's. Returns its output.
+pub fn run_in(cgroup: &Path, mut cmd: Command) -> Output {
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cgroup.display()));
+    let fd = procs.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (write) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    drop(procs);
+    out
+}
+
+/// The outcome of one `governor-workload` run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub json: Value,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+    pub fn eperm(&self) -> bool {
+        self.code == 2 && self.json["errno"] == libc::EPERM
+    }
+}
+
+/// Runs the workload binary with `args`, in `cgroup` if given.
+pub fn workload(cgroup: Option<&Path>, args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(workload_bin());
+    cmd.args(args);
+    let out = match cgroup {
+        Some(cg) => run_in(cg, cmd),
+        None => cmd.output().expect("run workload"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "workload {args:?} printed {stdout:?} (stderr {:?}): {e}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        json,
+    }
+}
+
+/// A running `governor run` with a config of the test's making, stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon over `root` with `body` appended to a `[daemon]` table that points at a
+    /// private socket and a free metrics port. Waits until the socket answers.
+    pub fn start(root: &AgentsRoot, body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("governor.sock");
+        let config = dir.path().join("governor.toml");
+        let text = format!(
+            "[daemon]\nagents_root = {:?}\nsocket = {:?}\nmetrics = \"127.0.0.1:0\"\n{body}",
+            root.relative,
+            socket.display().to_string(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(governor_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start governor");
+        let mut d = Self {
+            child: Some(child),
+            dir,
+            socket,
+            config,
+        };
+        d.wait_ready();
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "governor exited during start-up ({status}):\n{}",
+                    self.log()
+                );
+            }
+            if http_get_unix(&self.socket, "/v1/health").is_some_and(|b| b.trim() == "ok") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "governor did not answer on {} within 20 s:\n{}",
+            self.socket.display(),
+            self.log()
+        );
+    }
+
+    /// `governor status --json`, through the real CLI.
+    pub fn status(&self) -> Value {
+        let out = Command::new(governor_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("run governor status");
+        assert!(
+            out.status.success(),
+            "governor status failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `governor status` (the table), through the real CLI.
+    pub fn status_table(&self) -> String {
+        let out = Command::new(governor_bin())
+            .args(["status", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("run governor status");
+        assert!(
+            out.status.success(),
+            "governor status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// The agent `name` from a fresh status.
+    pub fn agent(&self, name: &str) -> Value {
+        let status = self.status();
+        status["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("agent {name} not in status: {status:#}"))
+    }
+
+    /// Counters of `agent` for `endpoint` ("(unlisted)" for the rest), zero if never seen.
+    pub fn counters(&self, agent: &str, endpoint: &str) -> Counters {
+        let a = self.agent(agent);
+        let e = a["endpoints"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["endpoint"] == endpoint).cloned());
+        e.map_or_else(Counters::default, |e| Counters::from_json(&e))
+    }
+
+    pub fn metrics_address(&self) -> String {
+        self.status()["metrics_address"]
+            .as_str()
+            .expect("metrics_address")
+            .to_owned()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait().expect("wait governor") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let s = child.wait().expect("wait governor");
+                panic!(
+                    "governor ignored SIGTERM for 10 s; killed ({s}):\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop();
+            if std::thread::panicking() {
+                eprintln!("--- governor log ({status}) ---\n{}", self.log());
+            }
+        }
+    }
+}
+
+/// The counters of one (agent, endpoint) in status.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub would_deny: u64,
+}
+
+impl Counters {
+    pub fn from_json(v: &Value) -> Self {
+        let f = |k: &str| {
+            v[k].as_u64()
+                .unwrap_or_else(|| panic!("counter {k} missing in {v}"))
+        };
+        Self {
+            tx_bytes: f("tx_bytes"),
+            tx_packets: f("tx_packets"),
+            rx_bytes: f("rx_bytes"),
+            rx_packets: f("rx_packets"),
+            allowed: f("allowed"),
+            denied: f("denied"),
+            would_deny: f("would_deny"),
+        }
+    }
+}
+
+/// Payload bytes this TCP socket has put on the wire, retransmissions included
+/// (`tcpi_bytes_sent`), and how many of those were retransmissions (`tcpi_bytes_retrans`).
+pub fn tcp_wire_bytes(s: &TcpStream) -> (u64, u64) {
+    // SAFETY: tcp_info is plain integers; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    (info.tcpi_bytes_sent, info.tcpi_bytes_retrans)
+}
+
+/// A minimal HTTP/1.1 GET over a Unix socket; None if nothing answers.
+pub fn http_get_unix(socket: &Path, path: &str) -> Option<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// What a loopback test server does with each connection.
+#[derive(Clone, Copy)]
+pub enum Serve {
+    /// Read until the client half-closes, then close.
+    Sink,
+    /// Write this many bytes, then close.
+    Source(u64),
+    /// Answer one HTTP request with a body of this many bytes.
+    Http(u64),
+}
+
+/// A dual-stack listener on `[::]:port` (so 127.0.0.1, ::1 and ::ffff:127.0.0.1 all reach it),
+/// served on a thread until dropped. It runs in the test's own cgroup, outside every agent.
+pub struct Server {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    received: Arc<AtomicU64>,
+    wire_sent: Arc<AtomicU64>,
+}
+
+impl Server {
+    pub fn start(serve: Serve) -> Self {
+        let listener = TcpListener::bind("[::]:0").expect("bind [::]:0 (dual-stack)");
+        let port = listener.local_addr().expect("local addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let wire_sent = Arc::new(AtomicU64::new(0));
+        let (stop2, received2, wire_sent2) = (stop.clone(), received.clone(), wire_sent.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let (received, wire_sent) = (received2.clone(), wire_sent2.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = handle(&mut conn, serve, &received);
+                    wire_sent.fetch_add(tcp_wire_bytes(&conn).0, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+            received,
+            wire_sent,
+        }
+    }
+
+    /// Payload bytes the server has read from clients.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Payload bytes the server has put on the wire, retransmissions included, over the
+    /// connections that have finished.
+    pub fn wire_sent(&self) -> u64 {
+        self.wire_sent.load(Ordering::SeqCst)
+    }
+
+    pub fn addr(&self, ip: &str) -> String {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        SocketAddr::new(ip, self.port).to_string()
+    }
+}
+
+fn handle(conn: &mut TcpStream, serve: Serve, received: &AtomicU64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    match serve {
+        Serve::Sink => loop {
+            match conn.read(&mut buf)? {
+                0 => break,
+                k => {
+                    received.fetch_add(k as u64, Ordering::SeqCst);
+                }
+            }
+        },
+        Serve::Source(n) => {
+            write_n(conn, n)?;
+            conn.shutdown(Shutdown::Write)?;
+            wait_all_acked(conn);
+        }
+        Serve::Http(n) => {
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf)? {
+                    0 => return Ok(()),
+                    k => req.extend_from_slice(&buf[..k]),
+                }
+            }
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            )?;
+            write_n(conn, n)?;
+        }
+    }
+    conn.shutdown(Shutdown::Both)
+}
+
+/// Waits (up to 10 s) until the peer has acknowledged everything written, so tcp_info's byte
+/// counts are final.
+fn wait_all_acked(conn: &TcpStream) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int: bytes not yet acknowledged (sent or not).
+        let rc = unsafe { libc::ioctl(conn.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued == 0 || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn write_n(conn: &mut TcpStream, n: u64) -> std::io::Result<()> {
+    let chunk = vec![0xa5u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        conn.write_all(&chunk[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so the thread sees the flag and ends.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A free UDP port on loopback with nobody listening (datagrams to it are simply dropped).
+pub fn closed_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind udp")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

@@ -1,0 +1,225 @@
+//! The daemon as an operator meets it: bad configs refused before anything is attached,
+//! status and metrics agreeing, and a clean stop that detaches every program.
+
+use std::process::Command;
+
+use governor_tests::{AgentsRoot, Daemon, Serve, Server, governor_bin, privileged, workload};
+
+#[test]
+fn a_bad_config_exits_non_zero_naming_file_and_line() {
+    // Validation happens before any kernel work, so this needs no privileges.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[endpoint]]\nname = \"api\"\naddresses = [\"10.0.0.0/33\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(governor_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:", path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("endpoint[0].addresses") && stderr.contains("prefix length"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &path,
+        "[[agent]]\nname = \"a\"\nendpoints = [\"nowhere\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(governor_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!("{}:3:", path.display()))
+            && stderr.contains("unknown endpoint \"nowhere\""),
+        "{stderr}"
+    );
+
+    let out = Command::new(governor_bin())
+        .args(["run", "--config", "/nonexistent/governor.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read config file /nonexistent/governor.toml")
+    );
+}
+
+#[test]
+fn a_bad_config_attaches_nothing() {
+    if !privileged("a_bad_config_attaches_nothing") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, format!("[daemon]\nagents_root = {:?}\nsocket = \"/tmp/x.sock\"\n[[agent]]\nname = \"a\"\nmode = \"strict\"\n", root.relative)).unwrap();
+    let out = Command::new(governor_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(":6:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No agent cgroup was created, and connects from the root are unaffected.
+    assert!(!root.path.join("a").exists());
+}
+
+#[test]
+fn status_and_metrics_show_the_same_numbers() {
+    if !privileged("status_and_metrics_show_the_same_numbers") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let other = Server::start(Serve::Sink);
+    let daemon = Daemon::start(
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"sink\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\n[[agent]]\nname = \"a1\"\nendpoints = [\"sink\"]\n",
+            sink.port
+        ),
+    );
+    let agent = root.path.join("a1");
+    assert!(workload(Some(&agent), &["send", &sink.addr("127.0.0.1"), "123456"]).ok());
+    assert!(workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]).eperm());
+
+    let c = daemon.counters("a1", "sink");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{}/metrics", daemon.metrics_address()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = String::from_utf8(out.stdout).unwrap();
+    for (line, value) in [
+        (
+            r#"governor_bytes_total{agent="a1",direction="egress",endpoint="sink"}"#,
+            c.tx_bytes,
+        ),
+        (
+            r#"governor_bytes_total{agent="a1",direction="ingress",endpoint="sink"}"#,
+            c.rx_bytes,
+        ),
+        (
+            r#"governor_packets_total{agent="a1",direction="egress",endpoint="sink"}"#,
+            c.tx_packets,
+        ),
+        (
+            r#"governor_connections_total{agent="a1",endpoint="sink",verdict="allowed"}"#,
+            1,
+        ),
+        (
+            r#"governor_connections_total{agent="a1",endpoint="(unlisted)",verdict="denied"}"#,
+            1,
+        ),
+        (r#"governor_agent_state{agent="a1",state="enforcing"}"#, 1),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == format!("{line} {value}")),
+            "missing `{line} {value}` in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE governor_bytes_total counter"),
+        "{metrics}"
+    );
+
+    let table = daemon.status_table();
+    assert!(
+        table.lines().any(|l| l.starts_with("a1 ")
+            && l.contains("enforcing")
+            && l.contains(&c.tx_bytes.to_string())),
+        "{table}"
+    );
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    if !privileged("sigterm_detaches_every_program") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let other = Server::start(Serve::Sink);
+    let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    let agent = root.path.join("a1");
+    assert!(
+        workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]).eperm(),
+        "empty allowlist denies"
+    );
+
+    let status = daemon.stop();
+    assert!(
+        status.success(),
+        "governor exited with {status}:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.socket.exists(), "socket left behind");
+    let after = workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]);
+    assert!(
+        after.ok(),
+        "programs still attached after SIGTERM: {after:?}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    if !privileged("a_second_daemon_on_the_same_socket_is_refused") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let daemon = Daemon::start(&root, "");
+    let out = Command::new(governor_bin())
+        .args(["run", "--config"])
+        .arg(&daemon.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another governor is already serving"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        daemon.status()["version"].is_string(),
+        "the first daemon still answers"
+    );
+}
+
+#[test]
+fn status_without_a_daemon_says_what_to_do() {
+    let out = Command::new(governor_bin())
+        .args(["status", "--socket", "/nonexistent/governor.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to governor at /nonexistent/governor.sock")
+            && stderr.contains("governor run"),
+        "{stderr}"
+    );
+}
