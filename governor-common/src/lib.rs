@@ -11,20 +11,28 @@ use core::mem::{offset_of, size_of};
 pub mod maps {
     /// `HashMap<u64 /* agent cgroup id */, AgentInfo>`: which cgroups are agents.
     pub const AGENTS: &str = "AGENTS";
-    /// `LpmTrie<AllowKeyV4, u32 /* endpoint id */>`: IPv4 allowlists of every agent.
+    /// `LpmTrie<AllowKeyV4, Rule>`: IPv4 allowlists of every agent, with prices.
     pub const ALLOW_V4: &str = "ALLOW_V4";
-    /// `LpmTrie<AllowKeyV6, u32 /* endpoint id */>`: IPv6 allowlists of every agent.
+    /// `LpmTrie<AllowKeyV6, Rule>`: IPv6 allowlists of every agent, with prices.
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// `PerCpuHashMap<StatsKey, ConnCounters>`: connect/sendmsg verdicts.
     pub const CONN_STATS: &str = "CONN_STATS";
     /// `PerCpuHashMap<StatsKey, TrafficCounters>`: bytes and packets.
     pub const TRAFFIC: &str = "TRAFFIC";
-    /// `SkStorage<StatsKey>`: the (agent, endpoint) a socket's packets are charged to.
+    /// `SkStorage<SockTag>`: the (agent, endpoint) a socket's packets are charged to, and at what price.
     pub const SOCK_TAGS: &str = "SOCK_TAGS";
+    /// `Array<Control>` by agent slot (slot 0: the host): written by the daemon only.
+    pub const CONTROL: &str = "CONTROL";
+    /// `Array<Spend>` by agent slot (slot 0: the host): written by the kernel only (atomic adds).
+    pub const SPEND: &str = "SPEND";
     /// `RingBuf` of `DenyEvent`.
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` with one slot: events the ring buffer had no room for.
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+
+    /// Every map, for pinning.
+    pub const ALL: [&str; 10] =
+        [AGENTS, ALLOW_V4, ALLOW_V6, CONN_STATS, TRAFFIC, SOCK_TAGS, CONTROL, SPEND, EVENTS, EVENTS_LOST];
 }
 
 /// Program names (the Rust function names in `governor-ebpf/src/main.rs`).
@@ -47,8 +55,22 @@ pub const MODE_ENFORCE: u32 = 1;
 /// Endpoint id charged for traffic and connections that match no allowlisted endpoint.
 pub const ENDPOINT_UNLISTED: u32 = 0;
 
-/// Deny reasons carried by `DenyEvent::reason`. Every verdict other than allow has one.
+/// Deny reasons carried by `DenyEvent::reason` and indexing `ConnCounters::denied`.
+/// Every verdict other than allow has one.
 pub const REASON_NOT_ALLOWLISTED: u8 = 1;
+/// The agent's (or the host's) budget ceiling is reached: the agent is suspended.
+pub const REASON_BUDGET: u8 = 2;
+/// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
+pub const REASONS: usize = 8;
+
+/// Slots of the `CONTROL` and `SPEND` arrays: 0 is the host-wide budget, agents use 1..=MAX_AGENTS.
+pub const HOST_SLOT: u32 = 0;
+pub const MAX_AGENTS: u32 = 4095;
+pub const SLOTS: u32 = MAX_AGENTS + 1;
+
+/// `Control::flags`: refuse and drop once the ceiling is reached (`on_exhausted = "suspend"`).
+/// Without it the ceiling is not enforced (`"alert"`, or no budget).
+pub const CONTROL_ENFORCE_CEILING: u32 = 1;
 
 /// `DenyEvent::verdict`: the call failed with EPERM.
 pub const VERDICT_DENIED: u8 = 1;
@@ -58,6 +80,8 @@ pub const VERDICT_WOULD_DENY: u8 = 2;
 /// `DenyEvent::hook`.
 pub const HOOK_CONNECT: u8 = 1;
 pub const HOOK_SENDMSG: u8 = 2;
+pub const HOOK_EGRESS: u8 = 3;
+pub const HOOK_INGRESS: u8 = 4;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -75,10 +99,78 @@ pub const ALLOW_KEY_FIXED_BITS: u32 = 64;
 pub struct AgentInfo {
     /// Stable id derived from the agent's name (see `governor-userspace` policy ids).
     pub agent_id: u32,
-    /// `MODE_OBSERVE` or `MODE_ENFORCE`.
+    /// `MODE_OBSERVE` or `MODE_ENFORCE` (of the allowlist; budgets follow `Control::flags`).
     pub mode: u32,
+    /// The agent's slot in `CONTROL` and `SPEND` (1..=MAX_AGENTS).
+    pub slot: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<AgentInfo>() == 8);
+const _: () = assert!(size_of::<AgentInfo>() == 16);
+
+/// Prices in pico-units of the configured currency (1e-12): per connection (or UDP flow), and
+/// per byte in each direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prices {
+    pub connection: u64,
+    pub tx_byte: u64,
+    pub rx_byte: u64,
+}
+const _: () = assert!(size_of::<Prices>() == 24);
+
+/// Value of `ALLOW_V4`/`ALLOW_V6`: the endpoint a destination belongs to, and its prices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub endpoint_id: u32,
+    pub _pad: u32,
+    pub prices: Prices,
+}
+const _: () = assert!(size_of::<Rule>() == 32);
+const _: () = assert!(offset_of!(Rule, prices) == 8);
+
+/// A socket's tag (socket-local storage): who pays for its packets, and how much per byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTag {
+    pub agent_id: u32,
+    pub endpoint_id: u32,
+    pub slot: u32,
+    pub _pad: u32,
+    pub tx_byte: u64,
+    pub rx_byte: u64,
+}
+const _: () = assert!(size_of::<SockTag>() == 32);
+
+/// Daemon-owned budget state of one slot. The kernel only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// Charges are refused once `Spend::spent` would pass this (pico-units, absolute).
+    pub ceiling: u64,
+    /// `Spend::spent` when the current budget window began: window spend = spent - base.
+    pub window_base: u64,
+    /// Bumped by the daemon to lift a suspension (new window, raised budget).
+    pub generation: u32,
+    /// `CONTROL_*` flags.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Control>() == 24);
+
+/// Kernel-owned spend of one slot. The daemon only reads it (and seeds it before attaching).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// Pico-units ever charged to this slot and let through. Only grows (atomic adds; a charge
+    /// that would pass the ceiling is refunded at once).
+    pub spent: u64,
+    /// The `Control::generation` in force when the ceiling was reached: the slot is suspended
+    /// while the two are equal.
+    pub exhausted_generation: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Spend>() == 16);
+const _: () = assert!(offset_of!(Spend, spent) == 0);
 
 /// Key of the per-(agent, endpoint) counters, and the tag stored on each socket.
 #[repr(C)]
@@ -95,11 +187,14 @@ const _: () = assert!(size_of::<StatsKey>() == 8);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnCounters {
     pub allowed: u64,
-    pub denied: u64,
-    /// Observe mode: would have been denied, was allowed.
+    /// Connection prices charged: one per connect, one per (UDP socket, endpoint) flow.
+    pub flows: u64,
+    /// Observe mode: would have been denied as not allowlisted, was allowed.
     pub would_deny: u64,
+    /// Refusals by reason code (index 0 unused).
+    pub denied: [u64; REASONS],
 }
-const _: () = assert!(size_of::<ConnCounters>() == 24);
+const _: () = assert!(size_of::<ConnCounters>() == 88);
 
 /// Bytes (L3 length as the cgroup_skb hook sees it) and packets per direction.
 #[repr(C)]
@@ -114,7 +209,8 @@ const _: () = assert!(size_of::<TrafficCounters>() == 32);
 
 /// LPM trie key for IPv4 allowlists. Multi-byte fields are big-endian byte arrays, so the
 /// trie's bit order is the field order. The prefix length is `ALLOW_KEY_FIXED_BITS` plus the
-/// address prefix; port 0 means "any port" and is looked up second.
+/// address prefix; port 0 means "any port" and is looked up second. `_tail` is never reached by
+/// a prefix: it pads the key to a multiple of 8, where the trie stores the 8-aligned `Rule`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllowKeyV4 {
@@ -123,8 +219,9 @@ pub struct AllowKeyV4 {
     pub _pad: u8,
     pub port: [u8; 2],
     pub addr: [u8; 4],
+    pub _tail: [u8; 4],
 }
-const _: () = assert!(size_of::<AllowKeyV4>() == 12);
+const _: () = assert!(size_of::<AllowKeyV4>() == 16);
 const _: () = assert!(offset_of!(AllowKeyV4, addr) * 8 == ALLOW_KEY_FIXED_BITS as usize);
 
 /// LPM trie key for IPv6 allowlists; same layout as `AllowKeyV4` with a 16-byte address.
@@ -136,32 +233,21 @@ pub struct AllowKeyV6 {
     pub _pad: u8,
     pub port: [u8; 2],
     pub addr: [u8; 16],
+    pub _tail: [u8; 8],
 }
-const _: () = assert!(size_of::<AllowKeyV6>() == 24);
+const _: () = assert!(size_of::<AllowKeyV6>() == 32);
 const _: () = assert!(offset_of!(AllowKeyV6, addr) * 8 == ALLOW_KEY_FIXED_BITS as usize);
 
 impl AllowKeyV4 {
     /// `port` and `agent_id` in host order; `addr` as the address's octets.
     pub const fn new(agent_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Self {
-        Self {
-            agent_id: agent_id.to_be_bytes(),
-            protocol,
-            _pad: 0,
-            port: port.to_be_bytes(),
-            addr,
-        }
+        Self { agent_id: agent_id.to_be_bytes(), protocol, _pad: 0, port: port.to_be_bytes(), addr, _tail: [0; 4] }
     }
 }
 
 impl AllowKeyV6 {
     pub const fn new(agent_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Self {
-        Self {
-            agent_id: agent_id.to_be_bytes(),
-            protocol,
-            _pad: 0,
-            port: port.to_be_bytes(),
-            addr,
-        }
+        Self { agent_id: agent_id.to_be_bytes(), protocol, _pad: 0, port: port.to_be_bytes(), addr, _tail: [0; 8] }
     }
 }
 
@@ -198,6 +284,11 @@ mod pod {
     // SAFETY: each type is repr(C), all fields are integers or byte arrays, and the asserts
     // above prove there is no implicit padding.
     unsafe impl aya::Pod for super::AgentInfo {}
+    unsafe impl aya::Pod for super::Prices {}
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::SockTag {}
+    unsafe impl aya::Pod for super::Control {}
+    unsafe impl aya::Pod for super::Spend {}
     unsafe impl aya::Pod for super::StatsKey {}
     unsafe impl aya::Pod for super::ConnCounters {}
     unsafe impl aya::Pod for super::TrafficCounters {}
@@ -213,9 +304,9 @@ mod tests {
     #[test]
     fn allow_keys_put_fields_in_trie_bit_order() {
         let k = AllowKeyV4::new(0x0102_0304, IPPROTO_TCP, 443, [10, 0, 0, 1]);
-        // SAFETY: AllowKeyV4 is 12 bytes of plain integers with no padding.
-        let bytes: [u8; 12] = unsafe { core::mem::transmute(k) };
-        assert_eq!(bytes, [1, 2, 3, 4, 6, 0, 1, 187, 10, 0, 0, 1]);
+        // SAFETY: AllowKeyV4 is 16 bytes of plain integers with no padding.
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(k) };
+        assert_eq!(bytes, [1, 2, 3, 4, 6, 0, 1, 187, 10, 0, 0, 1, 0, 0, 0, 0]);
     }
 
     #[test]

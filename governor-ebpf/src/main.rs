@@ -2,8 +2,12 @@
 //! (`cargo xtask build-ebpf`) and attaches them to the agents' root cgroup.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd: the only fetch-add that works on bpfel (see budget.rs)")]
 
 mod agent;
+mod budget;
+mod events;
 mod maps;
 mod skb;
 mod sock_addr;

@@ -1,21 +1,22 @@
 //! Every map the programs use, declared in one place. Sizes are ceilings the daemon may lower.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage},
     macros::btf_map,
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DenyEvent, StatsKey, TrafficCounters,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, Rule, SLOTS, SockTag, Spend, StatsKey,
+    TrafficCounters,
 };
 
 #[btf_map]
 pub static AGENTS: HashMap<u64, AgentInfo, 4096> = HashMap::new();
 
 #[btf_map]
-pub static ALLOW_V4: LpmTrie<AllowKeyV4, u32, 1_048_576> = LpmTrie::new();
+pub static ALLOW_V4: LpmTrie<AllowKeyV4, Rule, 1_048_576> = LpmTrie::new();
 
 #[btf_map]
-pub static ALLOW_V6: LpmTrie<AllowKeyV6, u32, 1_048_576> = LpmTrie::new();
+pub static ALLOW_V6: LpmTrie<AllowKeyV6, Rule, 1_048_576> = LpmTrie::new();
 
 #[btf_map]
 pub static CONN_STATS: PerCpuHashMap<StatsKey, ConnCounters, 65_536> = PerCpuHashMap::new();
@@ -23,10 +24,18 @@ pub static CONN_STATS: PerCpuHashMap<StatsKey, ConnCounters, 65_536> = PerCpuHas
 #[btf_map]
 pub static TRAFFIC: PerCpuHashMap<StatsKey, TrafficCounters, 65_536> = PerCpuHashMap::new();
 
-/// Which (agent, endpoint) a socket's packets are charged to: set on connect/sendmsg, or on
-/// the first packet of a socket those hooks never saw (accepted connections).
+/// Which (agent, endpoint) a socket's packets are charged to and at what price: set on
+/// connect/sendmsg, or on the first packet of a socket those hooks never saw.
 #[btf_map]
-pub static SOCK_TAGS: SkStorage<StatsKey> = SkStorage::new();
+pub static SOCK_TAGS: SkStorage<SockTag> = SkStorage::new();
+
+/// Budget ceilings and generations by slot; the daemon writes, the programs read.
+#[btf_map]
+pub static CONTROL: Array<Control, { SLOTS as usize }> = Array::new();
+
+/// Spend by slot; the programs write (atomically), the daemon reads.
+#[btf_map]
+pub static SPEND: Array<Spend, { SLOTS as usize }> = Array::new();
 
 #[btf_map]
 pub static EVENTS: RingBuf<DenyEvent, { 256 * 1024 }> = RingBuf::new();

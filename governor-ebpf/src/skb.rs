@@ -1,26 +1,32 @@
-//! Per-packet byte and packet counting for agent sockets (cgroup_skb ingress and egress).
+//! Per-packet counting and charging for agent sockets (cgroup_skb ingress and egress).
 //!
-//! The hot path is two lookups: the socket's tag (socket-local storage, no hashing) and this
-//! CPU's counter slot. Only a socket's first packet, when connect/sendmsg never tagged it
-//! (accepted connections, sockets older than the daemon), pays for the agent lookup.
+//! The hot path: the socket's tag (socket-local storage, no hashing), the slot's budget state
+//! (array entries, which the verifier inlines), and this CPU's counter slot. Only a socket's
+//! first packet, when connect/sendmsg never tagged it (accepted connections, sockets older than
+//! the daemon), pays for the agent lookup. A packet is counted only if it passes.
 
 use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
-    helpers::bpf_sk_storage_get,
+    helpers::{bpf_ktime_get_ns, bpf_sk_storage_get},
     programs::SkBuffContext,
 };
-use governor_common::{ENDPOINT_UNLISTED, StatsKey, TrafficCounters};
+use governor_common::{
+    DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, REASON_BUDGET, SockTag, StatsKey, TrafficCounters,
+    VERDICT_DENIED,
+};
 
 use crate::{
     agent::{self, NO_AGENT},
+    budget, events,
     maps::{SOCK_TAGS, TRAFFIC, per_cpu_add},
 };
 
 pub const PASS: i32 = 1;
+pub const DROP: i32 = 0;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Egress,
     Ingress,
@@ -33,11 +39,23 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     if sk.is_null() {
         return PASS;
     }
-    let key = socket_tag(ctx, sk);
-    if key.agent_id == NO_AGENT {
+    let tag = socket_tag(ctx, sk);
+    if tag.agent_id == NO_AGENT {
         return PASS;
     }
+    // A suspended agent's established connections carry no further payload.
+    if budget::agent_suspended(tag.slot) {
+        return DROP;
+    }
     let len = u64::from(ctx.len());
+    let price = if direction == Direction::Egress { tag.tx_byte } else { tag.rx_byte };
+    // len < 2^32 and config caps per-byte prices below 2^30 pico, so this cannot wrap
+    // (saturating_mul would need a 128-bit multiply, which BPF lacks).
+    if !budget::charge_agent(tag.slot, len.wrapping_mul(price)) {
+        report_exhausted(&tag, direction);
+        return DROP;
+    }
+    let key = StatsKey { agent_id: tag.agent_id, endpoint_id: tag.endpoint_id };
     per_cpu_add(&TRAFFIC, &key, |c: &mut TrafficCounters| match direction {
         Direction::Egress => {
             c.tx_bytes += len;
@@ -51,43 +69,56 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     PASS
 }
 
-/// The socket's tag, creating it (charged to the agent's unlisted endpoint) on first sight.
-/// Sockets that belong to no agent get `NO_AGENT` and no tag: they are looked up each time, so
-/// a cgroup that becomes an agent later is counted from then on.
+/// The socket's tag, creating it (charged to the agent's unlisted endpoint, at no price) on
+/// first sight. Sockets that belong to no agent get `NO_AGENT` and no tag: they are looked up
+/// each time, so a cgroup that becomes an agent later is counted from then on.
 #[inline(always)]
-fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> StatsKey {
+fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
     let map = addr_of!(SOCK_TAGS).cast_mut().cast();
     // SAFETY: `sk` is non-null and owned by the context; the helper returns null or a slot.
-    let tag =
-        unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<StatsKey>();
+    let tag = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<SockTag>();
     if !tag.is_null() {
         // SAFETY: non-null storage slot of the right type.
         return unsafe { *tag };
     }
     let agent = agent::of_skb(ctx);
-    if agent.agent_id == NO_AGENT {
-        return StatsKey {
-            agent_id: NO_AGENT,
-            endpoint_id: ENDPOINT_UNLISTED,
-        };
-    }
-    let key = StatsKey {
+    let fresh = SockTag {
         agent_id: agent.agent_id,
         endpoint_id: ENDPOINT_UNLISTED,
+        slot: agent.slot,
+        _pad: 0,
+        tx_byte: 0,
+        rx_byte: 0,
     };
-    // SAFETY: as above; creation fails (null) on request and time-wait sockets, which is fine.
-    let tag = unsafe {
-        bpf_sk_storage_get(
-            map,
-            sk.cast(),
-            core::ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE.into(),
-        )
+    if agent.agent_id == NO_AGENT {
+        return fresh;
     }
-    .cast::<StatsKey>();
+    // SAFETY: as above; creation fails (null) on request and time-wait sockets, which is fine.
+    let tag = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), BPF_SK_STORAGE_GET_F_CREATE.into()) }
+        .cast::<SockTag>();
     if !tag.is_null() {
         // SAFETY: fresh slot of the right type.
-        unsafe { *tag = key };
+        unsafe { *tag = fresh };
     }
-    key
+    fresh
+}
+
+/// Tells the daemon a packet ran the agent (or host) into its ceiling.
+#[inline(always)]
+fn report_exhausted(tag: &SockTag, direction: Direction) {
+    events::send(&DenyEvent {
+        // SAFETY: helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: 0,
+        agent_id: tag.agent_id,
+        pid: 0,
+        reason: REASON_BUDGET,
+        verdict: VERDICT_DENIED,
+        protocol: 0,
+        family: 0,
+        port: 0,
+        hook: if direction == Direction::Egress { HOOK_EGRESS } else { HOOK_INGRESS },
+        _pad: 0,
+        addr: [0; 16],
+    });
 }

@@ -1,4 +1,5 @@
-//! connect() and sendmsg() verdicts: match the destination against the calling agent's allowlist.
+//! connect() and sendmsg() verdicts: match the destination against the calling agent's
+//! allowlist, then charge the connection's price to its budget.
 //!
 //! Two LPM lookups at most (the exact port, then "any port"), one counter update, and an event
 //! only when the verdict is not allow. Processes that are not in an agent pass untouched.
@@ -8,20 +9,19 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock, bpf_sock_addr},
     btf_maps::lpm_trie::Key,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_storage_get,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_storage_get},
     programs::SockAddrContext,
 };
 use governor_common::{
-    AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters,
-    DenyEvent, ENDPOINT_UNLISTED, MODE_ENFORCE, REASON_NOT_ALLOWLISTED, StatsKey, VERDICT_DENIED,
-    VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DenyEvent,
+    ENDPOINT_UNLISTED, HOOK_SENDMSG, MODE_ENFORCE, REASON_BUDGET, REASON_NOT_ALLOWLISTED, Rule, SockTag, StatsKey,
+    VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
     agent::{self, NO_AGENT},
-    maps::{ALLOW_V4, ALLOW_V6, CONN_STATS, EVENTS, EVENTS_LOST, SOCK_TAGS, per_cpu_add},
+    budget, events,
+    maps::{ALLOW_V4, ALLOW_V6, CONN_STATS, SOCK_TAGS, per_cpu_add},
 };
 
 pub const ALLOW: i32 = 1;
@@ -29,7 +29,7 @@ pub const DENY: i32 = 0;
 
 /// A destination as the hooks see it; IPv4-mapped IPv6 is already folded into `V4`.
 #[derive(Clone, Copy)]
-enum Dest {
+pub enum Dest {
     V4([u8; 4]),
     V6([u8; 16]),
 }
@@ -48,36 +48,51 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         let protocol = read_volatile(addr_of!((*sa).protocol)) as u8;
         // user_port holds a network-order u16 in a u32.
         let port = u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16);
-        let dest = if v6 {
-            read_ip6(sa)
-        } else {
-            Dest::V4(read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes())
-        };
+        let dest = if v6 { read_ip6(sa) } else { Dest::V4(read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes()) };
         (protocol, port, dest)
     };
 
-    let endpoint = match dest {
+    let rule = match dest {
         Dest::V4(addr) => lookup_v4(agent.agent_id, protocol, port, addr),
         Dest::V6(addr) => lookup_v6(agent.agent_id, protocol, port, addr),
     };
-    let key = StatsKey {
-        agent_id: agent.agent_id,
-        endpoint_id: endpoint,
+    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: rule.endpoint_id };
+    let deny = |reason: u8| {
+        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied[reason as usize] += 1);
+        report(&agent, hook, reason, VERDICT_DENIED, protocol, port, dest);
+        DENY
     };
 
-    if endpoint != ENDPOINT_UNLISTED {
-        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.allowed += 1);
-        tag_socket(ctx, key);
+    let listed = rule.endpoint_id != ENDPOINT_UNLISTED;
+    if !listed && agent.mode == MODE_ENFORCE {
+        return deny(REASON_NOT_ALLOWLISTED);
+    }
+    if budget::agent_suspended(agent.slot) {
+        return deny(REASON_BUDGET);
+    }
+    let tag = socket_tag(ctx);
+    if !listed {
+        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
+        report(&agent, hook, REASON_NOT_ALLOWLISTED, VERDICT_WOULD_DENY, protocol, port, dest);
+        set_tag(tag, &agent, &rule);
         return ALLOW;
     }
-    if agent.mode == MODE_ENFORCE {
-        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied += 1);
-        report(&agent, hook, VERDICT_DENIED, protocol, port, dest);
-        return DENY;
+    // A UDP socket pays the connection price once per endpoint it sends to (a "flow"); a
+    // connect always pays.
+    let same_flow = hook == HOOK_SENDMSG
+        && !tag.is_null()
+        // SAFETY: non-null storage slot of the right type.
+        && unsafe { (*tag).agent_id == agent.agent_id && (*tag).endpoint_id == rule.endpoint_id };
+    let cost = if same_flow { 0 } else { rule.prices.connection };
+    if !budget::charge_agent(agent.slot, cost) {
+        return deny(REASON_BUDGET);
     }
-    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
-    report(&agent, hook, VERDICT_WOULD_DENY, protocol, port, dest);
-    tag_socket(ctx, key);
+    let flow = u64::from(!same_flow);
+    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
+        c.allowed += 1;
+        c.flows += flow;
+    });
+    set_tag(tag, &agent, &rule);
     ALLOW
 }
 
@@ -105,70 +120,80 @@ unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> Dest {
     Dest::V6(a)
 }
 
-// The lookups return a plain endpoint id (ENDPOINT_UNLISTED when nothing matches) rather than
-// an Option: LLVM lowers `Option<u32>` to a register left undefined on the None path, and the
-// verifier refuses to read it ("R1 !read_ok") even where the value is dead.
+// The lookups return a plain `Rule` (endpoint ENDPOINT_UNLISTED, prices 0, when nothing
+// matches) rather than an Option: LLVM lowers `Option<T>` to registers left undefined on the
+// None path, and the verifier refuses to read them ("R1 !read_ok") even where they are dead.
 
-/// The endpoint allowing (protocol, port, addr) for the agent: exact port first, then any port.
+const NO_RULE: Rule = Rule {
+    endpoint_id: ENDPOINT_UNLISTED,
+    _pad: 0,
+    prices: governor_common::Prices { connection: 0, tx_byte: 0, rx_byte: 0 },
+};
+
+/// The rule allowing (protocol, port, addr) for the agent: exact port first, then any port.
 #[inline(always)]
-fn lookup_v4(agent_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> u32 {
-    let exact = Key::new(
-        ALLOW_KEY_FIXED_BITS + 32,
-        AllowKeyV4::new(agent_id, protocol, port, addr),
-    );
-    if let Some(ep) = ALLOW_V4.get(&exact) {
-        return *ep;
+fn lookup_v4(agent_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Rule {
+    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(agent_id, protocol, port, addr));
+    if let Some(rule) = ALLOW_V4.get(&exact) {
+        return *rule;
     }
-    let any_port = Key::new(
-        ALLOW_KEY_FIXED_BITS + 32,
-        AllowKeyV4::new(agent_id, protocol, 0, addr),
-    );
+    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(agent_id, protocol, 0, addr));
     match ALLOW_V4.get(&any_port) {
-        Some(ep) => *ep,
-        None => ENDPOINT_UNLISTED,
+        Some(rule) => *rule,
+        None => NO_RULE,
     }
 }
 
 #[inline(always)]
-fn lookup_v6(agent_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> u32 {
-    let exact = Key::new(
-        ALLOW_KEY_FIXED_BITS + 128,
-        AllowKeyV6::new(agent_id, protocol, port, addr),
-    );
-    if let Some(ep) = ALLOW_V6.get(&exact) {
-        return *ep;
+fn lookup_v6(agent_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
+    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(agent_id, protocol, port, addr));
+    if let Some(rule) = ALLOW_V6.get(&exact) {
+        return *rule;
     }
-    let any_port = Key::new(
-        ALLOW_KEY_FIXED_BITS + 128,
-        AllowKeyV6::new(agent_id, protocol, 0, addr),
-    );
+    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(agent_id, protocol, 0, addr));
     match ALLOW_V6.get(&any_port) {
-        Some(ep) => *ep,
-        None => ENDPOINT_UNLISTED,
+        Some(rule) => *rule,
+        None => NO_RULE,
     }
 }
 
-/// Remembers on the socket which (agent, endpoint) its packets are charged to.
+/// The socket's tag slot, created (zeroed) if it has none; null when the kernel refuses.
 #[inline(always)]
-fn tag_socket(ctx: &SockAddrContext, key: StatsKey) {
+fn socket_tag(ctx: &SockAddrContext) -> *mut SockTag {
     // SAFETY: `sk` is the context's own socket; the helper returns null or a valid value slot.
     unsafe {
         let sk: *mut bpf_sock = (*ctx.sock_addr).__bindgen_anon_1.sk;
-        let tag = bpf_sk_storage_get(
+        bpf_sk_storage_get(
             addr_of!(SOCK_TAGS).cast_mut().cast(),
             sk.cast(),
             core::ptr::null_mut(),
             BPF_SK_STORAGE_GET_F_CREATE.into(),
         )
-        .cast::<StatsKey>();
-        if !tag.is_null() {
-            *tag = key;
-        }
+        .cast::<SockTag>()
+    }
+}
+
+/// Remembers on the socket who pays for its packets and at what price per byte.
+#[inline(always)]
+fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule) {
+    if tag.is_null() {
+        return;
+    }
+    // SAFETY: non-null storage slot of the right type.
+    unsafe {
+        *tag = SockTag {
+            agent_id: agent.agent_id,
+            endpoint_id: rule.endpoint_id,
+            slot: agent.slot,
+            _pad: 0,
+            tx_byte: rule.prices.tx_byte,
+            rx_byte: rule.prices.rx_byte,
+        };
     }
 }
 
 #[inline(always)]
-fn report(agent: &AgentInfo, hook: u8, verdict: u8, protocol: u8, port: u16, dest: Dest) {
+pub fn report(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8, port: u16, dest: Dest) {
     let (family, addr) = match dest {
         Dest::V4(a) => {
             let mut addr = [0u8; 16];
@@ -177,20 +202,22 @@ fn report(agent: &AgentInfo, hook: u8, verdict: u8, protocol: u8, port: u16, des
         }
         Dest::V6(a) => (AF_INET6, a),
     };
+    emit(agent, hook, reason, verdict, protocol, family, port, addr);
+}
+
+/// Sends a `DenyEvent` for the calling task.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one flat event, built in one place")]
+fn emit(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8, family: u8, port: u16, addr: [u8; 16]) {
     // SAFETY: helpers without pointer arguments.
-    let (timestamp_ns, cgroup_id, pid) = unsafe {
-        (
-            bpf_ktime_get_ns(),
-            bpf_get_current_cgroup_id(),
-            (bpf_get_current_pid_tgid() >> 32) as u32,
-        )
-    };
-    let event = DenyEvent {
+    let (timestamp_ns, cgroup_id, pid) =
+        unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
+    events::send(&DenyEvent {
         timestamp_ns,
         cgroup_id,
         agent_id: agent.agent_id,
         pid,
-        reason: REASON_NOT_ALLOWLISTED,
+        reason,
         verdict,
         protocol,
         family,
@@ -198,11 +225,5 @@ fn report(agent: &AgentInfo, hook: u8, verdict: u8, protocol: u8, port: u16, des
         hook,
         _pad: 0,
         addr,
-    };
-    if EVENTS.output(&event, 0).is_err()
-        && let Some(lost) = EVENTS_LOST.get_ptr_mut(0)
-    {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *lost += 1 };
-    }
+    });
 }

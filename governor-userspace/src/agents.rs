@@ -8,6 +8,10 @@ use governor_common::{AgentInfo, MODE_OBSERVE};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    accounting::{
+        books::{Books, BooksError},
+        budget::BudgetSpec,
+    },
     cgroup::{AgentsRoot, CgroupError},
     config::{Mode, UnlistedAgents},
     kernel::{KernelError, KernelMaps},
@@ -30,8 +34,16 @@ pub struct Agent {
     pub cgroup: String,
     pub mode: Mode,
     pub source: Source,
+    /// Slot of its budget in the kernel's CONTROL/SPEND arrays.
+    pub slot: u32,
     /// The cgroup's id while it exists and is registered with the kernel.
     pub cgroup_id: Option<u64>,
+}
+
+impl Agent {
+    fn info(&self) -> AgentInfo {
+        AgentInfo { agent_id: self.id, mode: mode_code(self.mode), slot: self.slot, _pad: 0 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +52,8 @@ pub enum AgentsError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Books(#[from] BooksError),
 }
 
 pub struct AgentTable {
@@ -48,36 +62,38 @@ pub struct AgentTable {
 }
 
 impl AgentTable {
-    /// Creates each configured agent's cgroup and installs its allowlist, then registers it:
-    /// rules first, so no connect ever sees an agent without its allowlist.
+    /// Creates each configured agent's cgroup, opens its account, installs the allowlists and
+    /// only then registers the agents, so no connect ever sees an agent without its allowlist
+    /// and budget. Registrations a previous daemon left in adopted maps are removed.
     pub fn install(
         policy: &Policy,
         unlisted: UnlistedAgents,
         root: &AgentsRoot,
         maps: &mut KernelMaps,
+        books: &mut Books,
+        adopted: bool,
+        now: i64,
     ) -> Result<Self, AgentsError> {
         let mut agents = BTreeMap::new();
+        maps.install_rules(&policy.agents)?;
         for a in &policy.agents {
+            let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
             let cgroup_id = root.ensure_agent(&a.cgroup)?;
-            maps.install_rules(a)?;
-            maps.register_agent(
-                cgroup_id,
-                AgentInfo {
-                    agent_id: a.id,
-                    mode: mode_code(a.mode),
-                },
-            )?;
-            agents.insert(
-                a.id,
-                Agent {
-                    id: a.id,
-                    name: a.name.clone(),
-                    cgroup: a.cgroup.clone(),
-                    mode: a.mode,
-                    source: Source::Config,
-                    cgroup_id: Some(cgroup_id),
-                },
-            );
+            let agent = Agent {
+                id: a.id,
+                name: a.name.clone(),
+                cgroup: a.cgroup.clone(),
+                mode: a.mode,
+                source: Source::Config,
+                slot,
+                cgroup_id: Some(cgroup_id),
+            };
+            maps.register_agent(cgroup_id, agent.info())?;
+            agents.insert(a.id, agent);
+        }
+        let current: Vec<u64> = agents.values().filter_map(|a| a.cgroup_id).collect();
+        for stale in maps.registered_cgroups().into_iter().filter(|c| !current.contains(c)) {
+            maps.unregister_agent(stale)?;
         }
         Ok(Self { agents, unlisted })
     }
@@ -90,37 +106,37 @@ impl AgentTable {
         self.agents.get(&id)
     }
 
+    pub fn by_name(&self, name: &str) -> Option<&Agent> {
+        self.agents.values().find(|a| a.name == name)
+    }
+
     /// Brings the kernel's agent map in line with the cgroups that exist now: registers new
-    /// children (observe mode, no allowlist), re-registers configured agents whose cgroup was
-    /// recreated, and unregisters cgroups that are gone. Returns the names that changed.
+    /// children (observe mode, no allowlist, no budget of their own), re-registers configured
+    /// agents whose cgroup was recreated, and unregisters cgroups that are gone. Returns the
+    /// names that changed.
     pub fn sync(
         &mut self,
         root: &AgentsRoot,
         maps: &mut KernelMaps,
+        books: &mut Books,
+        now: i64,
     ) -> Result<Vec<String>, AgentsError> {
         let children = root.children()?;
         let mut changed = Vec::new();
-        let by_cgroup: BTreeMap<&str, u64> =
-            children.iter().map(|(n, id)| (n.as_str(), *id)).collect();
+        let by_cgroup: BTreeMap<&str, u64> = children.iter().map(|(n, id)| (n.as_str(), *id)).collect();
 
         for agent in self.agents.values_mut() {
-            let now = by_cgroup.get(agent.cgroup.as_str()).copied();
-            if now == agent.cgroup_id {
+            let now_id = by_cgroup.get(agent.cgroup.as_str()).copied();
+            if now_id == agent.cgroup_id {
                 continue;
             }
             if let Some(old) = agent.cgroup_id {
                 maps.unregister_agent(old)?;
             }
-            if let Some(new) = now {
-                maps.register_agent(
-                    new,
-                    AgentInfo {
-                        agent_id: agent.id,
-                        mode: mode_code(agent.mode),
-                    },
-                )?;
+            if let Some(new) = now_id {
+                maps.register_agent(new, agent.info())?;
             }
-            agent.cgroup_id = now;
+            agent.cgroup_id = now_id;
             changed.push(agent.name.clone());
         }
 
@@ -134,24 +150,20 @@ impl AgentTable {
                     tracing::warn!(cgroup = %name, other = %other.name, "unlisted cgroup not governed: its name collides with agent {:?}; rename the cgroup", other.name);
                     continue;
                 }
-                maps.register_agent(
-                    *cgroup_id,
-                    AgentInfo {
-                        agent_id: id,
-                        mode: MODE_OBSERVE,
-                    },
-                )?;
-                self.agents.insert(
+                // Maps are live here: a fresh slot holds nothing, a returning agent's is reseeded.
+                let slot = books.open_account(name, None, BudgetSpec::none(), true, now, maps)?;
+                let agent = Agent {
                     id,
-                    Agent {
-                        id,
-                        name: name.clone(),
-                        cgroup: name.clone(),
-                        mode: Mode::Observe,
-                        source: Source::Discovered,
-                        cgroup_id: Some(*cgroup_id),
-                    },
-                );
+                    name: name.clone(),
+                    cgroup: name.clone(),
+                    mode: Mode::Observe,
+                    source: Source::Discovered,
+                    slot,
+                    cgroup_id: Some(*cgroup_id),
+                };
+                debug_assert_eq!(agent.info().mode, MODE_OBSERVE);
+                maps.register_agent(*cgroup_id, agent.info())?;
+                self.agents.insert(id, agent);
                 changed.push(name.clone());
             }
         }

@@ -24,11 +24,7 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| CgroupError::Io { op, path: path.to_owned(), source }
 }
 
 /// The cgroup2 mount: where it is, and which cgroup of the hierarchy it shows at its top.
@@ -42,19 +38,14 @@ pub struct Cgroup2Mount {
 impl Cgroup2Mount {
     /// The first cgroup2 mount in `/proc/self/mountinfo`.
     pub fn discover() -> Result<Self, CgroupError> {
-        let text =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+        let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
         parse_mountinfo(&text).ok_or(CgroupError::NoCgroup2)
     }
 
     /// The level in the hierarchy (root = 0) of `relative` below this mount: what the kernel's
     /// `bpf_get_current_ancestor_cgroup_id` counts.
     pub fn level_of(&self, relative: &Path) -> u32 {
-        let depth = |p: &Path| {
-            p.components()
-                .filter(|c| matches!(c, Component::Normal(_)))
-                .count()
-        };
+        let depth = |p: &Path| p.components().filter(|c| matches!(c, Component::Normal(_))).count();
         u32::try_from(depth(&self.root) + depth(relative)).unwrap_or(u32::MAX)
     }
 }
@@ -67,10 +58,7 @@ fn parse_mountinfo(text: &str) -> Option<Cgroup2Mount> {
             return None;
         }
         let fields: Vec<&str> = before.split_whitespace().collect();
-        Some(Cgroup2Mount {
-            root: unescape(fields.get(3)?).into(),
-            mount_point: unescape(fields.get(4)?).into(),
-        })
+        Some(Cgroup2Mount { root: unescape(fields.get(3)?).into(), mount_point: unescape(fields.get(4)?).into() })
     })
 }
 
@@ -80,10 +68,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -107,10 +92,7 @@ impl AgentsRoot {
     pub fn open(mount: &Cgroup2Mount, relative: &Path) -> Result<Self, CgroupError> {
         let path = mount.mount_point.join(relative);
         std::fs::create_dir_all(&path).map_err(io_err("create agents root", &path))?;
-        Ok(Self {
-            path,
-            agent_level: mount.level_of(relative) + 1,
-        })
+        Ok(Self { path, agent_level: mount.level_of(relative) + 1 })
     }
 
     pub fn agent_path(&self, cgroup: &str) -> PathBuf {
@@ -131,9 +113,7 @@ impl AgentsRoot {
     /// Names and ids of the child cgroups that exist now.
     pub fn children(&self) -> Result<Vec<(String, u64)>, CgroupError> {
         let mut out = Vec::new();
-        for entry in
-            std::fs::read_dir(&self.path).map_err(io_err("list agents root", &self.path))?
-        {
+        for entry in std::fs::read_dir(&self.path).map_err(io_err("list agents root", &self.path))? {
             let entry = entry.map_err(io_err("list agents root", &self.path))?;
             let Ok(meta) = entry.metadata() else { continue }; // removed while listing
             if meta.is_dir()
@@ -149,9 +129,7 @@ impl AgentsRoot {
 
 /// A cgroup2 directory's id, as `bpf_get_current_cgroup_id` reports it: its inode number.
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
-    Ok(std::fs::metadata(path)
-        .map_err(io_err("stat cgroup", path))?
-        .ino())
+    Ok(std::fs::metadata(path).map_err(io_err("stat cgroup", path))?.ino())
 }
 
 #[cfg(test)]
@@ -173,8 +151,7 @@ mod tests {
 
     #[test]
     fn sub_tree_mounts_and_escapes_count() {
-        let m =
-            parse_mountinfo("7 1 0:9 /a/b /mnt/my\\040cg rw shared:1 - cgroup2 none rw\n").unwrap();
+        let m = parse_mountinfo("7 1 0:9 /a/b /mnt/my\\040cg rw shared:1 - cgroup2 none rw\n").unwrap();
         assert_eq!(m.mount_point, Path::new("/mnt/my cg"));
         assert_eq!(m.level_of(Path::new("x/y")), 4);
     }

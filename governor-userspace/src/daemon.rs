@@ -1,80 +1,134 @@
-//! `governor run`: wires config, cgroups, kernel, servers and tasks together and owns the
-//! lifecycle. Order matters: bind the listeners (fail fast), load, fill the maps, and only
-//! then attach, so no program runs against a half-written policy.
+//! `governor run`: wires config, cgroups, kernel, books, servers and tasks together and owns the
+//! lifecycle. Order matters: bind the listeners (fail fast), load with pinned maps (adopting a
+//! previous daemon's), seed and fill the maps, and only then attach, so no program runs against
+//! a half-written policy.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use serde_json::json;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
+    accounting::{books::Books, state},
     agents::AgentTable,
+    audit::AuditLog,
     cgroup::{AgentsRoot, Cgroup2Mount},
     config::LoadedConfig,
     control,
-    governor::Governor,
-    kernel::{Kernel, decode_event},
-    metrics, policy,
+    governor::{Core, Governor, unix_now},
+    kernel::{Kernel, PinDir, decode_event},
+    metrics,
+    notify::{self, Delivery, Hooks},
+    policy,
 };
 
 /// How often the agents root is rescanned for new and removed agent cgroups.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the books are advanced against the kernel's spend (sooner on a budget event).
+const ACCOUNTING_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the state is saved when nothing needs an immediate save.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match &config_path {
         Some(p) => LoadedConfig::from_file(p)?,
         None => LoadedConfig::default_config(),
     };
-    let policy = policy::compile(&config.config)
-        .with_context(|| format!("config {}", config.source_name.display()))?;
+    let policy = policy::compile(&config.config).with_context(|| format!("config {}", config.source_name.display()))?;
     let d = &config.config.daemon;
 
     let mount = Cgroup2Mount::discover()?;
     let root = AgentsRoot::open(&mount, std::path::Path::new(d.agents_root.get_ref()))?;
+    let state_dir = d.state_dir.get_ref().clone();
+    state::prepare_dir(&state_dir)?;
+    let saved = state::load(&state_dir)?;
+    let mut audit = AuditLog::open(d.audit_log.get_ref())?;
 
     let control_listener = control::bind(d.socket.get_ref())?;
-    let metrics_addr: std::net::SocketAddr =
-        d.metrics.get_ref().parse().expect("validated address");
+    let metrics_addr: std::net::SocketAddr = d.metrics.get_ref().parse().expect("validated address");
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {metrics_addr} (daemon.metrics)"))?;
     let metrics_address = metrics_listener.local_addr()?;
 
-    let mut kernel = Kernel::load(root.agent_level)?;
+    let pins = PinDir::open(&root.path)?;
+    let mut kernel = Kernel::load(root.agent_level, pins)?;
+    let adopted = kernel.adopted;
     let (mut maps, events) = kernel.take_maps()?;
-    let mut agents = AgentTable::install(&policy, d.unlisted_agents, &root, &mut maps)?;
-    agents.sync(&root, &mut maps)?;
+    let now = unix_now();
+    let outbox = saved.as_ref().map(|s| s.outbox.clone()).unwrap_or_default();
+    let mut books = Books::open(&policy.currency, policy.host.clone(), saved, adopted, now, &mut maps)?;
+    let mut agents = AgentTable::install(&policy, d.unlisted_agents, &root, &mut maps, &mut books, adopted, now)?;
+    agents.sync(&root, &mut maps, &mut books, now)?;
     kernel.attach(&root.path)?;
 
+    audit.append(
+        "daemon_start",
+        None,
+        json!({
+            "version": crate::VERSION,
+            "config": config.source_name.display().to_string(),
+            "config_sha256": config.sha256(),
+            "agents_root": root.path.display().to_string(),
+            "adopted_pinned_state": adopted,
+            "pid": std::process::id(),
+        }),
+    )?;
     tracing::info!(
         version = crate::VERSION,
         config = %config.source_name.display(),
         sha256 = %config.sha256(),
         agents_root = %root.path.display(),
         agents = agents.iter().count(),
+        adopted,
         socket = %d.socket.get_ref().display(),
         metrics = %metrics_address,
         "governor is running"
     );
 
+    let hooks = Arc::new(Hooks::from_config(&config.config.notify));
+    let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
+    let (done_tx, done_rx) = mpsc::channel(notify::QUEUE);
     let socket_path = d.socket.get_ref().clone();
     let governor = Arc::new(Governor {
         policy,
         mount,
         root,
         metrics_address,
-        maps: std::sync::Mutex::new(maps),
-        agents: std::sync::Mutex::new(agents),
+        state_dir,
+        core: std::sync::Mutex::new(Core { maps, agents, books }),
         events: Default::default(),
+        audit: std::sync::Mutex::new(audit),
+        tally: Default::default(),
+        notify: hooks.any().then_some(notify_tx.clone()),
         config,
     });
+    // Notices a previous daemon recorded but did not deliver go out first.
+    {
+        let mut tally = governor.tally();
+        for body in outbox {
+            if hooks.any() {
+                let _ = notify_tx.try_send(body.clone());
+                tally.outbox.push(body);
+            }
+        }
+    }
+    governor.tick(unix_now(), true)?;
 
+    let budget_event = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(read_events(governor.clone(), events));
+    tasks.spawn(read_events(governor.clone(), events, budget_event.clone()));
     tasks.spawn(discover_agents(governor.clone()));
+    tasks.spawn(account(governor.clone(), budget_event));
     tasks.spawn(control::serve(control_listener, governor.clone()));
     tasks.spawn(metrics::serve(metrics_listener, governor.clone()));
+    tasks.spawn(async move {
+        notify::deliver(hooks, notify_rx, done_tx).await;
+        Ok(())
+    });
+    tasks.spawn(deliveries(governor.clone(), done_rx));
 
     let result = tokio::select! {
         signal = shutdown_signal() => { tracing::info!(signal, "stopping"); Ok(()) }
@@ -85,12 +139,16 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         },
     };
     tasks.abort_all();
-    // Detach every program before saying goodbye; the links die with the object.
-    drop(kernel);
+    // Last books and state before the programs go: nothing counted is lost.
+    if let Err(e) = governor.tick(unix_now(), true) {
+        tracing::error!(error = %e, "final accounting failed");
+    }
+    kernel.detach();
+    let _ = governor.audit("daemon_stop", None, json!({ "pid": std::process::id(), "programs": "detached" }));
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(path = %socket_path.display(), error = %e, "could not remove the control socket");
     }
-    tracing::info!("programs detached; governor stopped");
+    tracing::info!("programs detached; maps stay pinned with the spend; governor stopped");
     result
 }
 
@@ -104,22 +162,27 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Drains the ring buffer as events arrive. Losing events never loses counts: those live in maps.
-async fn read_events(governor: Arc<Governor>, ring: RingBuf<MapData>) -> anyhow::Result<()> {
+/// Drains the ring buffer as events arrive. Losing events never loses counts: those live in
+/// maps. A budget event wakes the accountant at once.
+async fn read_events(
+    governor: Arc<Governor>,
+    ring: RingBuf<MapData>,
+    budget_event: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // AsyncFd (which owns the ring buffer) is dropped.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot poll the events ring buffer: {e}"))?;
     loop {
-        let mut guard = fd
-            .readable_mut()
-            .await
-            .context("polling the events ring buffer")?;
+        let mut guard = fd.readable_mut().await.context("polling the events ring buffer")?;
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             match decode_event(&item) {
                 Ok(d) => {
-                    tracing::debug!(agent_id = d.agent_id, pid = d.pid, destination = %d.destination, verdict = %d.verdict, reason = %d.reason, "deny event");
+                    tracing::debug!(agent_id = d.agent_id, pid = d.pid, destination = ?d.destination, verdict = %d.verdict, reason = %d.reason, "deny event");
+                    if d.reason == "budget" {
+                        budget_event.notify_one();
+                    }
                     governor.events().push(d);
                 }
                 Err(e) => {
@@ -132,6 +195,49 @@ async fn read_events(governor: Arc<Governor>, ring: RingBuf<MapData>) -> anyhow:
     }
 }
 
+/// Advances the books on a timer, and at once when the kernel reports a budget event.
+async fn account(governor: Arc<Governor>, budget_event: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
+    let mut last_save = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ACCOUNTING_INTERVAL) => {}
+            _ = budget_event.notified() => {}
+        }
+        let save = last_save.elapsed() >= SAVE_INTERVAL;
+        if save {
+            last_save = std::time::Instant::now();
+        }
+        let g = governor.clone();
+        match tokio::task::spawn_blocking(move || g.tick(unix_now(), save)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "accounting tick failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "accounting tick panicked; will retry"),
+        }
+    }
+}
+
+/// Records the outcome of each delivery: counted, and a failure logged and audited.
+async fn deliveries(governor: Arc<Governor>, mut done: mpsc::Receiver<Delivery>) -> anyhow::Result<()> {
+    while let Some(d) = done.recv().await {
+        {
+            let mut tally = governor.tally();
+            tally.outbox.retain(|b| b["id"] != d.id.as_str());
+            if d.failures.is_empty() {
+                tally.notifications.sent += 1;
+            } else {
+                tally.notifications.failed += 1;
+            }
+        }
+        for (hook, error) in &d.failures {
+            tracing::error!(notice = %d.id, hook = %hook, error = %error, "notification could not be delivered");
+            let _ =
+                governor.audit("notification_failed", None, json!({ "notice": d.id, "hook": hook, "error": error }));
+        }
+        governor.save_now();
+    }
+    Ok(())
+}
+
 /// Rescans the agents root so new child cgroups become agents and removed ones are forgotten.
 async fn discover_agents(governor: Arc<Governor>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
@@ -139,8 +245,9 @@ async fn discover_agents(governor: Arc<Governor>) -> anyhow::Result<()> {
     loop {
         tick.tick().await;
         let result = {
-            let mut maps = governor.maps();
-            governor.agents().sync(&governor.root, &mut maps)
+            let mut core = governor.core();
+            let Core { maps, agents, books } = &mut *core;
+            agents.sync(&governor.root, maps, books, unix_now())
         };
         match result {
             Ok(changed) if !changed.is_empty() => tracing::info!(?changed, "agent cgroups changed"),

@@ -1,21 +1,32 @@
-//! The running governor's shared state, and the one function that turns kernel counters and
-//! the agent table into a `Status`. Servers and tasks hold an `Arc<Governor>`.
+//! The running governor's shared state, the one function that turns kernel counters, agents and
+//! books into a `Status`, and the recording of notices. Servers and tasks hold an `Arc<Governor>`.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     net::SocketAddr,
-    sync::Mutex,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
 };
 
-use governor_common::ENDPOINT_UNLISTED;
+use governor_common::{ENDPOINT_UNLISTED, Prices};
+use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::{
+    accounting::{
+        books::{Books, cost},
+        budget::Notice,
+        money::Money,
+        state::{self, HOST},
+        window::rfc3339,
+    },
     agents::AgentTable,
+    audit::AuditLog,
     cgroup::{AgentsRoot, Cgroup2Mount},
     config::{LoadedConfig, Mode},
     kernel::{AgentCounters, Denial, Kernel, KernelError, KernelMaps},
     policy::Policy,
-    status::{AgentStatus, DenialRecord, EndpointStatus, EventStats, Status, UNLISTED_ENDPOINT},
+    status::{AgentStatus, DenialRecord, EndpointStatus, EventStats, NotificationStats, Status, UNLISTED_ENDPOINT},
 };
 
 /// How many recent deny events status keeps.
@@ -38,62 +49,177 @@ impl EventLog {
     }
 }
 
+/// What changes together: the kernel maps, the agents registered in them, and the books.
+pub struct Core {
+    pub maps: KernelMaps,
+    pub agents: AgentTable,
+    pub books: Books,
+}
+
+/// Counts since the daemon started, for metrics.
+#[derive(Default)]
+pub struct Tally {
+    pub threshold_crossings: BTreeMap<(String, u8), u64>,
+    pub suspensions: BTreeMap<String, u64>,
+    pub notifications: NotificationStats,
+    /// Notices recorded and not yet delivered (saved with the state).
+    pub outbox: Vec<serde_json::Value>,
+    pub next_notice: u64,
+}
+
 pub struct Governor {
     pub config: LoadedConfig,
     pub policy: Policy,
     pub mount: Cgroup2Mount,
     pub root: AgentsRoot,
     pub metrics_address: SocketAddr,
-    pub maps: Mutex<KernelMaps>,
-    pub agents: Mutex<AgentTable>,
+    pub state_dir: PathBuf,
+    pub core: Mutex<Core>,
     pub events: Mutex<EventLog>,
+    pub audit: Mutex<AuditLog>,
+    pub tally: Mutex<Tally>,
+    pub notify: Option<mpsc::Sender<serde_json::Value>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock leaves plain data behind, still valid to read.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 impl Governor {
-    pub fn maps(&self) -> std::sync::MutexGuard<'_, KernelMaps> {
-        lock(&self.maps)
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
     }
 
-    pub fn agents(&self) -> std::sync::MutexGuard<'_, AgentTable> {
-        lock(&self.agents)
-    }
-
-    pub fn events(&self) -> std::sync::MutexGuard<'_, EventLog> {
+    pub fn events(&self) -> MutexGuard<'_, EventLog> {
         lock(&self.events)
+    }
+
+    pub fn tally(&self) -> MutexGuard<'_, Tally> {
+        lock(&self.tally)
+    }
+
+    /// Appends an audit record; failures are logged (the caller decides whether to go on).
+    pub fn audit(
+        &self,
+        kind: &str,
+        agent: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<u64, crate::audit::AuditError> {
+        let r = lock(&self.audit).append(kind, agent, details);
+        if let Err(e) = &r {
+            tracing::error!(error = %e, kind, "audit record not written");
+        }
+        r
+    }
+
+    fn endpoint_prices(&self, id: u32) -> Prices {
+        self.policy.endpoints.iter().find(|e| e.id == id).map_or_else(Prices::default, |e| e.prices)
+    }
+
+    fn endpoint_name(&self, id: u32) -> String {
+        if id == ENDPOINT_UNLISTED {
+            return UNLISTED_ENDPOINT.to_owned();
+        }
+        self.policy
+            .endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .map_or_else(|| format!("(endpoint {id:#x})"), |e| e.name.clone())
+    }
+
+    /// Advances the books and records what must be told. Order matters for "never repeat,
+    /// never lose": the state (with the crossing and the outbox entry) is saved first, then the
+    /// audit record is written, then the notice is queued for the hooks.
+    pub fn tick(&self, now: i64, force_save: bool) -> Result<(), KernelError> {
+        let (notices, saved) = {
+            let mut core = self.core();
+            let Core { maps, books, .. } = &mut *core;
+            let notices = books.tick(now, maps)?;
+            (notices, books.saved(now, Vec::new()))
+        };
+        let mut queued = Vec::new();
+        {
+            let mut tally = self.tally();
+            for (owner, notice) in &notices {
+                match notice {
+                    Notice::ThresholdCrossed { percent, .. } => {
+                        *tally.threshold_crossings.entry((owner.clone(), *percent)).or_default() += 1
+                    }
+                    Notice::Suspended { .. } => *tally.suspensions.entry(owner.clone()).or_default() += 1,
+                    _ => {}
+                }
+                tally.next_notice += 1;
+                let body = self.notice_body(owner, notice, now, tally.next_notice);
+                tally.outbox.push(body.clone());
+                queued.push((owner.clone(), notice.clone(), body));
+            }
+        }
+        if !notices.is_empty() || force_save {
+            self.save_state(saved);
+        }
+        for (owner, notice, body) in queued {
+            log_notice(&owner, &notice, &self.policy.currency);
+            let agent = (owner != HOST).then_some(owner.as_str());
+            let _ = self.audit(body["kind"].as_str().unwrap_or("notice"), agent, body.clone());
+            if let Some(tx) = &self.notify {
+                // Full queue: the notice stays in the outbox and is delivered after a restart.
+                let _ = tx.try_send(body);
+            } else {
+                self.tally().outbox.retain(|b| b["id"] != body["id"]);
+            }
+        }
+        Ok(())
+    }
+
+    fn notice_body(&self, owner: &str, notice: &Notice, now: i64, n: u64) -> serde_json::Value {
+        let mut body = serde_json::to_value(notice).expect("notice serializes");
+        let obj = body.as_object_mut().expect("notice is an object");
+        let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("notice").to_owned();
+        obj.insert("id".into(), json!(format!("{}-{kind}-{now}-{n}", owner.trim_matches(['(', ')']))));
+        obj.insert("scope".into(), json!(if owner == HOST { "host" } else { "agent" }));
+        obj.insert("agent".into(), if owner == HOST { serde_json::Value::Null } else { json!(owner) });
+        obj.insert("time".into(), json!(rfc3339(now)));
+        obj.insert("currency".into(), json!(self.policy.currency));
+        for k in ["window_spend", "limit", "previous_spend"] {
+            if let Some(v) = obj.get(k).and_then(|v| v.as_u64()) {
+                obj.insert(k.into(), json!(Money(v).to_string()));
+            }
+        }
+        body
+    }
+
+    /// Saves the books and the outbox; a failure is logged and enforcement goes on.
+    pub fn save_state(&self, mut saved: state::SavedState) {
+        saved.outbox = self.tally().outbox.clone();
+        if let Err(e) = state::save(&self.state_dir, &saved) {
+            tracing::error!(error = %e, "state not saved; spend is still enforced from the kernel maps");
+        }
+    }
+
+    pub fn save_now(&self) {
+        let saved = self.core().books.saved(unix_now(), Vec::new());
+        self.save_state(saved);
     }
 
     /// Reads the kernel's counters now and assembles the full status.
     pub fn status(&self) -> Result<Status, KernelError> {
-        let (counters, lost) = {
-            let maps = self.maps();
-            (maps.counters()?, maps.events_lost()?)
-        };
-        let endpoint_name = |id: u32| -> String {
-            if id == ENDPOINT_UNLISTED {
-                return UNLISTED_ENDPOINT.to_owned();
-            }
-            self.policy
-                .endpoints
-                .iter()
-                .find(|e| e.id == id)
-                .map_or_else(|| format!("(endpoint {id:#x})"), |e| e.name.clone())
-        };
+        let now = unix_now();
+        let core = self.core();
+        let counters = core.maps.counters()?;
+        let lost = core.maps.events_lost()?;
 
         let mut by_agent: BTreeMap<u32, Vec<(u32, AgentCounters)>> = BTreeMap::new();
         for (key, c) in counters {
-            by_agent
-                .entry(key.agent_id)
-                .or_default()
-                .push((key.endpoint_id, c));
+            by_agent.entry(key.agent_id).or_default().push((key.endpoint_id, c));
         }
 
-        let agents = self.agents();
-        let agent_status = agents
+        let agent_status = core
+            .agents
             .iter()
             .map(|a| {
                 let mut totals = AgentCounters::default();
@@ -103,17 +229,22 @@ impl Governor {
                     .flatten()
                     .map(|(ep, c)| {
                         totals.add(c);
+                        let spend = cost(c, &self.endpoint_prices(*ep));
                         EndpointStatus {
-                            endpoint: endpoint_name(*ep),
-                            counters: *c,
+                            endpoint: self.endpoint_name(*ep),
+                            spend: spend.to_string(),
+                            spend_pico: spend.0,
+                            counters: c.clone(),
                         }
                     })
                     .collect();
                 endpoints.sort_by(|x, y| x.endpoint.cmp(&y.endpoint));
-                let state = match (a.cgroup_id, a.mode) {
-                    (None, _) => "absent",
-                    (Some(_), Mode::Enforce) => "enforcing",
-                    (Some(_), Mode::Observe) => "observing",
+                let budget = core.books.status(&a.name, now);
+                let state = match (a.cgroup_id, a.mode, &budget) {
+                    (_, _, Some(b)) if b.state == "suspended" => "suspended",
+                    (None, _, _) => "absent",
+                    (Some(_), Mode::Enforce, _) => "enforcing",
+                    (Some(_), Mode::Observe, _) => "observing",
                 };
                 AgentStatus {
                     name: a.name.clone(),
@@ -123,6 +254,7 @@ impl Governor {
                     mode: a.mode,
                     state: state.to_owned(),
                     totals,
+                    budget,
                     endpoints,
                 }
             })
@@ -132,11 +264,9 @@ impl Governor {
         let recent_denials = events
             .recent
             .iter()
-            .map(|d| DenialRecord {
-                agent: agents.get(d.agent_id).map(|a| a.name.clone()),
-                denial: d.clone(),
-            })
+            .map(|d| DenialRecord { agent: core.agents.get(d.agent_id).map(|a| a.name.clone()), denial: d.clone() })
             .collect();
+        let tally = self.tally();
 
         Ok(Status {
             version: crate::VERSION.to_owned(),
@@ -145,14 +275,30 @@ impl Governor {
             cgroup_mount: self.mount.mount_point.display().to_string(),
             agents_root: self.root.path.display().to_string(),
             metrics_address: self.metrics_address.to_string(),
+            currency: self.policy.currency.clone(),
             programs: Kernel::program_names().map(str::to_owned).collect(),
-            events: EventStats {
-                received: events.received,
-                lost,
-                malformed: events.malformed,
-            },
+            events: EventStats { received: events.received, lost, malformed: events.malformed },
+            host_budget: core.books.status(HOST, now),
             agents: agent_status,
             recent_denials,
+            notifications: NotificationStats { pending: tally.outbox.len() as u64, ..tally.notifications },
+            threshold_crossings: tally.threshold_crossings.iter().map(|((o, p), n)| (format!("{o}:{p}"), *n)).collect(),
+            suspensions: tally.suspensions.clone(),
         })
+    }
+}
+
+fn log_notice(owner: &str, notice: &Notice, currency: &str) {
+    match notice {
+        Notice::ThresholdCrossed { percent, window_spend, limit } => {
+            tracing::warn!(owner, percent, spend = %window_spend, limit = %limit, currency, "budget threshold crossed")
+        }
+        Notice::Suspended { window_spend, limit } => {
+            tracing::warn!(owner, spend = %window_spend, limit = %limit, currency, "budget exhausted: suspended")
+        }
+        Notice::Resumed { reason } => tracing::info!(owner, reason = %reason, "resumed"),
+        Notice::WindowRolled { previous_spend } => {
+            tracing::info!(owner, previous = %previous_spend, currency, "budget window rolled over")
+        }
     }
 }

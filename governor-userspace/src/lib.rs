@@ -3,7 +3,9 @@
 //! The library holds every concern of the daemon and CLI; `main.rs` only dispatches.
 //! See ARCHITECTURE.md for the map.
 
+pub mod accounting;
 pub mod agents;
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod daemon;
 pub mod governor;
 pub mod kernel;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod status;
 

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{agents::Source, config::Mode, kernel::AgentCounters, kernel::Denial};
+use std::collections::BTreeMap;
+
+use crate::{accounting::books::BudgetStatus, agents::Source, config::Mode, kernel::AgentCounters, kernel::Denial};
 
 /// The endpoint name used for traffic that matched no allowlisted endpoint.
 pub const UNLISTED_ENDPOINT: &str = "(unlisted)";
@@ -16,12 +18,31 @@ pub struct Status {
     pub cgroup_mount: String,
     pub agents_root: String,
     pub metrics_address: String,
+    /// Label of every amount.
+    pub currency: String,
     /// Programs attached to the agents root.
     pub programs: Vec<String>,
     pub events: EventStats,
+    /// The host-wide budget over all agents.
+    pub host_budget: Option<BudgetStatus>,
     pub agents: Vec<AgentStatus>,
     /// The newest deny events, oldest first (bounded).
     pub recent_denials: Vec<DenialRecord>,
+    pub notifications: NotificationStats,
+    /// Threshold crossings since the daemon started, by "owner:percent".
+    pub threshold_crossings: BTreeMap<String, u64>,
+    /// Suspensions since the daemon started, by owner.
+    pub suspensions: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct NotificationStats {
+    /// Notices delivered to every configured hook.
+    pub sent: u64,
+    /// Notices at least one hook could not take after every attempt.
+    pub failed: u64,
+    /// Notices recorded and not yet delivered.
+    pub pending: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -41,15 +62,20 @@ pub struct AgentStatus {
     pub cgroup_id: Option<u64>,
     pub source: Source,
     pub mode: Mode,
-    /// `enforcing`, `observing`, or `absent` (its cgroup does not exist now).
+    /// `suspended` (budget exhausted), `enforcing`, `observing`, or `absent` (its cgroup does
+    /// not exist now).
     pub state: String,
     pub totals: AgentCounters,
+    pub budget: Option<BudgetStatus>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointStatus {
     pub endpoint: String,
+    /// What this endpoint's traffic cost at the current prices, all windows.
+    pub spend: String,
+    pub spend_pico: u64,
     #[serde(flatten)]
     pub counters: AgentCounters,
 }

@@ -37,9 +37,7 @@ pub fn privileged(test: &str) -> bool {
     };
     let Some(why) = missing else { return true };
     if std::env::var_os("GOVERNOR_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
-        panic!(
-            "{test}: cannot run the kernel test ({why}) and GOVERNOR_REQUIRE_PRIVILEGED=1 forbids skipping"
-        );
+        panic!("{test}: cannot run the kernel test ({why}) and GOVERNOR_REQUIRE_PRIVILEGED=1 forbids skipping");
     }
     eprintln!("skipping {test}: {why} (run `sudo -E cargo xtask test`)");
     false
@@ -48,18 +46,13 @@ pub fn privileged(test: &str) -> bool {
 /// A sibling binary of the test executable (`target/<profile>/NAME`).
 fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     dir.join(name)
 }
 
 /// The `governor` binary under test: GOVERNOR_BIN (set by `cargo xtask test`) or the sibling.
 pub fn governor_bin() -> PathBuf {
-    let path = std::env::var_os("GOVERNOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| sibling_binary("governor"));
+    let path = std::env::var_os("GOVERNOR_BIN").map(PathBuf::from).unwrap_or_else(|| sibling_binary("governor"));
     assert!(
         path.is_file(),
         "{} not found: run the kernel tests with `cargo xtask test`, which builds it with its eBPF programs",
@@ -70,21 +63,13 @@ pub fn governor_bin() -> PathBuf {
 
 pub fn workload_bin() -> PathBuf {
     let path = sibling_binary("governor-workload");
-    assert!(
-        path.is_file(),
-        "{} not found; cargo builds it before the integration tests",
-        path.display()
-    );
+    assert!(path.is_file(), "{} not found; cargo builds it before the integration tests", path.display());
     path
 }
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A private agents root below the cgroup2 mount, removed with everything in it on drop.
@@ -117,9 +102,23 @@ impl Default for AgentsRoot {
     }
 }
 
+impl AgentsRoot {
+    /// Where the daemon serving this root pins its maps and links.
+    pub fn pin_dir(&self) -> PathBuf {
+        let bpffs = governor::kernel::pins::bpffs().expect("bpffs");
+        governor::kernel::pins::pin_dir(&bpffs, &self.path)
+    }
+}
+
 impl Drop for AgentsRoot {
     fn drop(&mut self) {
         remove_cgroup_tree(&self.path);
+        let pins = self.pin_dir();
+        if pins.exists()
+            && let Err(e) = std::fs::remove_dir_all(&pins)
+        {
+            eprintln!("warning: could not remove pinned maps {}: {e}", pins.display());
+        }
     }
 }
 
@@ -140,10 +139,7 @@ fn remove_cgroup_tree(path: &Path) {
             Ok(()) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) if Instant::now() > deadline => {
-                eprintln!(
-                    "warning: could not remove test cgroup {}: {e}",
-                    path.display()
-                );
+                eprintln!("warning: could not remove test cgroup {}: {e}", path.display());
                 return;
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -191,29 +187,28 @@ impl Outcome {
 
 /// Runs the workload binary with `args`, in `cgroup` if given.
 pub fn workload(cgroup: Option<&Path>, args: &[&str]) -> Outcome {
+    workload_with(cgroup, args, &[])
+}
+
+/// `workload` with extra environment, e.g. `GOVERNOR_WORKLOAD_TIMEOUT_MS`.
+pub fn workload_with(cgroup: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let mut cmd = Command::new(workload_bin());
-    cmd.args(args);
+    cmd.args(args).envs(env.iter().copied());
     let out = match cgroup {
         Some(cg) => run_in(cg, cmd),
         None => cmd.output().expect("run workload"),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "workload {args:?} printed {stdout:?} (stderr {:?}): {e}",
-            String::from_utf8_lossy(&out.stderr)
-        )
+        panic!("workload {args:?} printed {stdout:?} (stderr {:?}): {e}", String::from_utf8_lossy(&out.stderr))
     });
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        json,
-    }
+    Outcome { code: out.status.code().unwrap_or(-1), json }
 }
 
 /// A running `governor run` with a config of the test's making, stopped with SIGTERM on drop.
 pub struct Daemon {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
     pub socket: PathBuf,
     pub config: PathBuf,
 }
@@ -222,16 +217,23 @@ impl Daemon {
     /// Starts the daemon over `root` with `body` appended to a `[daemon]` table that points at a
     /// private socket and a free metrics port. Waits until the socket answers.
     pub fn start(root: &AgentsRoot, body: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(Arc::new(tempfile::tempdir().expect("tempdir")), root, body)
+    }
+
+    /// Like `start`, in the directory `dir` (socket, state, audit log): a restarted daemon
+    /// passes the first one's `dir()` to find its state again.
+    pub fn start_in(dir: Arc<tempfile::TempDir>, root: &AgentsRoot, body: &str) -> Self {
         let socket = dir.path().join("governor.sock");
         let config = dir.path().join("governor.toml");
         let text = format!(
-            "[daemon]\nagents_root = {:?}\nsocket = {:?}\nmetrics = \"127.0.0.1:0\"\n{body}",
+            "[daemon]\nagents_root = {:?}\nsocket = {:?}\nmetrics = \"127.0.0.1:0\"\nstate_dir = {:?}\naudit_log = {:?}\n{body}",
             root.relative,
             socket.display().to_string(),
+            dir.path().join("state").display().to_string(),
+            dir.path().join("audit.jsonl").display().to_string(),
         );
         std::fs::write(&config, text).expect("write config");
-        let log = std::fs::File::create(dir.path().join("daemon.log")).expect("log file");
+        let log = OpenOptions::new().create(true).append(true).open(dir.path().join("daemon.log")).expect("log file");
         let child = Command::new(governor_bin())
             .args(["run", "--config"])
             .arg(&config)
@@ -240,14 +242,34 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("start governor");
-        let mut d = Self {
-            child: Some(child),
-            dir,
-            socket,
-            config,
-        };
+        let mut d = Self { child: Some(child), dir, socket, config };
         d.wait_ready();
         d
+    }
+
+    /// The directory holding the socket, config, state and audit log.
+    pub fn dir(&self) -> Arc<tempfile::TempDir> {
+        self.dir.clone()
+    }
+
+    pub fn audit_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the daemon with SIGKILL (a crash): nothing of its own shutdown runs.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
     }
 
     pub fn log(&self) -> String {
@@ -257,26 +279,15 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "governor exited during start-up ({status}):\n{}",
-                    self.log()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("governor exited during start-up ({status}):\n{}", self.log());
             }
             if http_get_unix(&self.socket, "/v1/health").is_some_and(|b| b.trim() == "ok") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!(
-            "governor did not answer on {} within 20 s:\n{}",
-            self.socket.display(),
-            self.log()
-        );
+        panic!("governor did not answer on {} within 20 s:\n{}", self.socket.display(), self.log());
     }
 
     /// `governor status --json`, through the real CLI.
@@ -302,11 +313,7 @@ impl Daemon {
             .arg(&self.socket)
             .output()
             .expect("run governor status");
-        assert!(
-            out.status.success(),
-            "governor status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "governor status failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
@@ -322,17 +329,30 @@ impl Daemon {
     /// Counters of `agent` for `endpoint` ("(unlisted)" for the rest), zero if never seen.
     pub fn counters(&self, agent: &str, endpoint: &str) -> Counters {
         let a = self.agent(agent);
-        let e = a["endpoints"]
-            .as_array()
-            .and_then(|v| v.iter().find(|x| x["endpoint"] == endpoint).cloned());
+        let e = a["endpoints"].as_array().and_then(|v| v.iter().find(|x| x["endpoint"] == endpoint).cloned());
         e.map_or_else(Counters::default, |e| Counters::from_json(&e))
     }
 
+    /// The agent's budget status (`None` for the host: use `host_budget`).
+    pub fn budget(&self, agent: &str) -> Value {
+        self.agent(agent)["budget"].clone()
+    }
+
+    /// Polls `f` on fresh status until it holds, for up to `secs` seconds.
+    pub fn wait_until(&self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {secs} s; status: {s:#}\nlog:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn metrics_address(&self) -> String {
-        self.status()["metrics_address"]
-            .as_str()
-            .expect("metrics_address")
-            .to_owned()
+        self.status()["metrics_address"].as_str().expect("metrics_address").to_owned()
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns its exit status.
@@ -348,10 +368,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let s = child.wait().expect("wait governor");
-                panic!(
-                    "governor ignored SIGTERM for 10 s; killed ({s}):\n{}",
-                    self.log()
-                );
+                panic!("governor ignored SIGTERM for 10 s; killed ({s}):\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -383,10 +400,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn from_json(v: &Value) -> Self {
-        let f = |k: &str| {
-            v[k].as_u64()
-                .unwrap_or_else(|| panic!("counter {k} missing in {v}"))
-        };
+        let f = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("counter {k} missing in {v}"));
         Self {
             tx_bytes: f("tx_bytes"),
             tx_packets: f("tx_packets"),
@@ -405,15 +419,8 @@ pub fn tcp_wire_bytes(s: &TcpStream) -> (u64, u64) {
     // SAFETY: tcp_info is plain integers; getsockopt writes at most `len` bytes into it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     (info.tcpi_bytes_sent, info.tcpi_bytes_retrans)
 }
@@ -422,11 +429,7 @@ pub fn tcp_wire_bytes(s: &TcpStream) -> (u64, u64) {
 pub fn http_get_unix(socket: &Path, path: &str) -> Option<String> {
     let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
@@ -475,13 +478,7 @@ impl Server {
                 });
             }
         });
-        Self {
-            port,
-            stop,
-            thread: Some(thread),
-            received,
-            wire_sent,
-        }
+        Self { port, stop, thread: Some(thread), received, wire_sent }
     }
 
     /// Payload bytes the server has read from clients.
@@ -565,10 +562,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop so the thread sees the flag and ends.
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(1),
-        );
+        let _ = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -577,9 +571,5 @@ impl Drop for Server {
 
 /// A free UDP port on loopback with nobody listening (datagrams to it are simply dropped).
 pub fn closed_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("bind udp")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp").local_addr().expect("addr").port()
 }

@@ -36,10 +36,7 @@ fn bytes_counted_match_the_payload_plus_headers() {
         &root,
         &format!(
             "{}\n[[endpoint]]\nname = \"source\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\n",
-            allow_port(sink.port, "enforce").replace(
-                "endpoints = [\"sink\"]",
-                "endpoints = [\"sink\", \"source\"]"
-            ),
+            allow_port(sink.port, "enforce").replace("endpoints = [\"sink\"]", "endpoints = [\"sink\", \"source\"]"),
             source.port
         ),
     );
@@ -48,20 +45,13 @@ fn bytes_counted_match_the_payload_plus_headers() {
     // Egress: the hook counts what went on the wire, retransmissions included, so the bound is
     // taken against the socket's own tcpi_bytes_sent (equal to N when nothing was retransmitted).
     const N: u64 = 5_000_000;
-    let sent = workload(
-        Some(&agent),
-        &["send", &sink.addr("127.0.0.1"), &N.to_string()],
-    );
+    let sent = workload(Some(&agent), &["send", &sink.addr("127.0.0.1"), &N.to_string()]);
     assert!(sent.ok(), "{sent:?}");
     assert_eq!(sink.received(), N);
     let wire = sent.json["wire_bytes"].as_u64().unwrap();
     assert!(wire >= N, "{sent:?}");
     let c = daemon.counters("a1", "sink");
-    assert!(
-        c.tx_bytes >= wire,
-        "{wire} payload bytes on the wire ({N} + retransmissions), counted {}",
-        c.tx_bytes
-    );
+    assert!(c.tx_bytes >= wire, "{wire} payload bytes on the wire ({N} + retransmissions), counted {}", c.tx_bytes);
     assert!(
         c.tx_bytes <= wire + MAX_HEADER_BYTES * c.tx_packets,
         "counted {} bytes in {} packets for {wire} payload bytes on the wire: more than {MAX_HEADER_BYTES} header bytes per packet",
@@ -69,10 +59,7 @@ fn bytes_counted_match_the_payload_plus_headers() {
         c.tx_packets
     );
     // Ingress is the server's ACKs and FIN: headers only.
-    assert!(
-        c.rx_packets > 0 && c.rx_bytes <= MAX_HEADER_BYTES * c.rx_packets,
-        "{c:?}"
-    );
+    assert!(c.rx_packets > 0 && c.rx_bytes <= MAX_HEADER_BYTES * c.rx_packets, "{c:?}");
     eprintln!(
         "sent {N} (on the wire {wire}, {} retransmitted): counted {} bytes in {} packets",
         sent.json["retrans_bytes"], c.tx_bytes, c.tx_packets
@@ -86,14 +73,8 @@ fn bytes_counted_match_the_payload_plus_headers() {
     let wire = wait_for(|| source.wire_sent());
     let c = daemon.counters("a1", "source");
     assert!(c.rx_bytes >= M, "received {M}, counted {c:?}");
-    assert!(
-        c.rx_bytes <= wire + MAX_HEADER_BYTES * c.rx_packets,
-        "server put {wire} on the wire, counted {c:?}"
-    );
-    eprintln!(
-        "received {M} (server put {wire} on the wire): counted {} bytes in {} packets",
-        c.rx_bytes, c.rx_packets
-    );
+    assert!(c.rx_bytes <= wire + MAX_HEADER_BYTES * c.rx_packets, "server put {wire} on the wire, counted {c:?}");
+    eprintln!("received {M} (server put {wire} on the wire): counted {} bytes in {} packets", c.rx_bytes, c.rx_packets);
 }
 
 /// Polls `f` until it is non-zero (a server thread finishing its bookkeeping), for up to 5 s.
@@ -104,10 +85,7 @@ fn wait_for(f: impl Fn() -> u64) -> u64 {
         if v > 0 {
             return v;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server did not finish"
-        );
+        assert!(std::time::Instant::now() < deadline, "server did not finish");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -133,12 +111,8 @@ fn a_nested_cgroup_counts_toward_its_agent() {
     assert!(c.tx_bytes >= 100_000, "{c:?}");
     assert_eq!(daemon.counters("a1", "(unlisted)").denied, 1);
     // The nested cgroups are part of a1, not agents of their own.
-    let names: Vec<String> = daemon.status()["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap().to_owned())
-        .collect();
+    let names: Vec<String> =
+        daemon.status()["agents"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_owned()).collect();
     assert_eq!(names, vec!["a1"]);
 }
 
@@ -156,17 +130,11 @@ fn a_process_outside_the_agents_is_untouched() {
     // In the test's own cgroup, and in the agents root itself (not in any agent).
     let outside = workload(None, &["send", &other.addr("127.0.0.1"), "10000"]);
     assert!(outside.ok(), "{outside:?}");
-    let in_root = workload(
-        Some(&root.path),
-        &["send", &other.addr("127.0.0.1"), "10000"],
-    );
+    let in_root = workload(Some(&root.path), &["send", &other.addr("127.0.0.1"), "10000"]);
     assert!(in_root.ok(), "{in_root:?}");
 
     let after = daemon.status();
-    assert_eq!(
-        before["agents"], after["agents"],
-        "counters moved for traffic outside every agent"
-    );
+    assert_eq!(before["agents"], after["agents"], "counters moved for traffic outside every agent");
     assert_eq!(after["events"]["received"], 0);
 }
 
@@ -185,10 +153,7 @@ fn observe_mode_counts_would_be_denials_and_refuses_nothing() {
     assert!(ok.ok(), "observe mode must not refuse: {ok:?}");
     let c = daemon.counters("a1", "(unlisted)");
     assert_eq!((c.would_deny, c.denied), (1, 0), "{c:?}");
-    assert!(
-        c.tx_bytes >= 50_000,
-        "traffic of observed would-be denials is counted: {c:?}"
-    );
+    assert!(c.tx_bytes >= 50_000, "traffic of observed would-be denials is counted: {c:?}");
     assert_eq!(daemon.agent("a1")["state"], "observing");
 }
 
@@ -204,28 +169,15 @@ fn unlisted_child_cgroups_are_discovered_and_observed() {
 
     // Discovery rescans every second.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !daemon.status()["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|a| a["name"] == "newcomer")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "newcomer not discovered: {:#}",
-            daemon.status()
-        );
+    while !daemon.status()["agents"].as_array().unwrap().iter().any(|a| a["name"] == "newcomer") {
+        assert!(std::time::Instant::now() < deadline, "newcomer not discovered: {:#}", daemon.status());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let ok = workload(Some(&newcomer), &["send", &sink.addr("127.0.0.1"), "20000"]);
     assert!(ok.ok(), "{ok:?}");
     let a = daemon.agent("newcomer");
     assert_eq!(
-        (
-            a["source"].as_str(),
-            a["mode"].as_str(),
-            a["state"].as_str()
-        ),
+        (a["source"].as_str(), a["mode"].as_str(), a["state"].as_str()),
         (Some("discovered"), Some("observe"), Some("observing"))
     );
     let c = daemon.counters("newcomer", "(unlisted)");

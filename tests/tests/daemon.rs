@@ -10,54 +10,25 @@ fn a_bad_config_exits_non_zero_naming_file_and_line() {
     // Validation happens before any kernel work, so this needs no privileges.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        "[[endpoint]]\nname = \"api\"\naddresses = [\"10.0.0.0/33\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(governor_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, "[[endpoint]]\nname = \"api\"\naddresses = [\"10.0.0.0/33\"]\n").unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("{}:3:", path.display())),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("endpoint[0].addresses") && stderr.contains("prefix length"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{}:3:", path.display())), "{stderr}");
+    assert!(stderr.contains("endpoint[0].addresses") && stderr.contains("prefix length"), "{stderr}");
 
-    std::fs::write(
-        &path,
-        "[[agent]]\nname = \"a\"\nendpoints = [\"nowhere\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(governor_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, "[[agent]]\nname = \"a\"\nendpoints = [\"nowhere\"]\n").unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains(&format!("{}:3:", path.display()))
-            && stderr.contains("unknown endpoint \"nowhere\""),
+        stderr.contains(&format!("{}:3:", path.display())) && stderr.contains("unknown endpoint \"nowhere\""),
         "{stderr}"
     );
 
-    let out = Command::new(governor_bin())
-        .args(["run", "--config", "/nonexistent/governor.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config", "/nonexistent/governor.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("cannot read config file /nonexistent/governor.toml")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/governor.toml"));
 }
 
 #[test]
@@ -68,18 +39,17 @@ fn a_bad_config_attaches_nothing() {
     let root = AgentsRoot::new();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, format!("[daemon]\nagents_root = {:?}\nsocket = \"/tmp/x.sock\"\n[[agent]]\nname = \"a\"\nmode = \"strict\"\n", root.relative)).unwrap();
-    let out = Command::new(governor_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\nagents_root = {:?}\nsocket = \"/tmp/x.sock\"\n[[agent]]\nname = \"a\"\nmode = \"strict\"\n",
+            root.relative
+        ),
+    )
+    .unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(":6:"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":6:"), "{}", String::from_utf8_lossy(&out.stderr));
     // No agent cgroup was created, and connects from the root are unaffected.
     assert!(!root.path.join("a").exists());
 }
@@ -109,50 +79,23 @@ fn status_and_metrics_show_the_same_numbers() {
         .arg(format!("http://{}/metrics", daemon.metrics_address()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "curl metrics: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "curl metrics: {}", String::from_utf8_lossy(&out.stderr));
     let metrics = String::from_utf8(out.stdout).unwrap();
     for (line, value) in [
-        (
-            r#"governor_bytes_total{agent="a1",direction="egress",endpoint="sink"}"#,
-            c.tx_bytes,
-        ),
-        (
-            r#"governor_bytes_total{agent="a1",direction="ingress",endpoint="sink"}"#,
-            c.rx_bytes,
-        ),
-        (
-            r#"governor_packets_total{agent="a1",direction="egress",endpoint="sink"}"#,
-            c.tx_packets,
-        ),
-        (
-            r#"governor_connections_total{agent="a1",endpoint="sink",verdict="allowed"}"#,
-            1,
-        ),
-        (
-            r#"governor_connections_total{agent="a1",endpoint="(unlisted)",verdict="denied"}"#,
-            1,
-        ),
+        (r#"governor_bytes_total{agent="a1",direction="egress",endpoint="sink"}"#, c.tx_bytes),
+        (r#"governor_bytes_total{agent="a1",direction="ingress",endpoint="sink"}"#, c.rx_bytes),
+        (r#"governor_packets_total{agent="a1",direction="egress",endpoint="sink"}"#, c.tx_packets),
+        (r#"governor_connections_total{agent="a1",endpoint="sink",verdict="allowed"}"#, 1),
+        (r#"governor_connections_total{agent="a1",endpoint="(unlisted)",verdict="denied"}"#, 1),
         (r#"governor_agent_state{agent="a1",state="enforcing"}"#, 1),
     ] {
-        assert!(
-            metrics.lines().any(|l| l == format!("{line} {value}")),
-            "missing `{line} {value}` in:\n{metrics}"
-        );
+        assert!(metrics.lines().any(|l| l == format!("{line} {value}")), "missing `{line} {value}` in:\n{metrics}");
     }
-    assert!(
-        metrics.contains("# TYPE governor_bytes_total counter"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("# TYPE governor_bytes_total counter"), "{metrics}");
 
     let table = daemon.status_table();
     assert!(
-        table.lines().any(|l| l.starts_with("a1 ")
-            && l.contains("enforcing")
-            && l.contains(&c.tx_bytes.to_string())),
+        table.lines().any(|l| l.starts_with("a1 ") && l.contains("enforcing") && l.contains(&c.tx_bytes.to_string())),
         "{table}"
     );
 }
@@ -166,23 +109,13 @@ fn sigterm_detaches_every_program() {
     let other = Server::start(Serve::Sink);
     let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
     let agent = root.path.join("a1");
-    assert!(
-        workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]).eperm(),
-        "empty allowlist denies"
-    );
+    assert!(workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]).eperm(), "empty allowlist denies");
 
     let status = daemon.stop();
-    assert!(
-        status.success(),
-        "governor exited with {status}:\n{}",
-        daemon.log()
-    );
+    assert!(status.success(), "governor exited with {status}:\n{}", daemon.log());
     assert!(!daemon.socket.exists(), "socket left behind");
     let after = workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]);
-    assert!(
-        after.ok(),
-        "programs still attached after SIGTERM: {after:?}"
-    );
+    assert!(after.ok(), "programs still attached after SIGTERM: {after:?}");
 }
 
 #[test]
@@ -192,34 +125,23 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     }
     let root = AgentsRoot::new();
     let daemon = Daemon::start(&root, "");
-    let out = Command::new(governor_bin())
-        .args(["run", "--config"])
-        .arg(&daemon.config)
-        .output()
-        .unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&daemon.config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another governor is already serving"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        daemon.status()["version"].is_string(),
-        "the first daemon still answers"
-    );
+    assert!(daemon.status()["version"].is_string(), "the first daemon still answers");
 }
 
 #[test]
 fn status_without_a_daemon_says_what_to_do() {
-    let out = Command::new(governor_bin())
-        .args(["status", "--socket", "/nonexistent/governor.sock"])
-        .output()
-        .unwrap();
+    let out = Command::new(governor_bin()).args(["status", "--socket", "/nonexistent/governor.sock"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot connect to governor at /nonexistent/governor.sock")
-            && stderr.contains("governor run"),
+        stderr.contains("cannot connect to governor at /nonexistent/governor.sock") && stderr.contains("governor run"),
         "{stderr}"
     );
 }

@@ -32,11 +32,7 @@ endpoints = ["dns"]
     assert!(ok.ok(), "{ok:?}");
     let ok6 = workload(Some(&agent), &["udp-send", &format!("[::1]:{allowed}")]);
     assert!(ok6.ok(), "{ok6:?}");
-    for dest in [
-        format!("127.0.0.1:{other}"),
-        format!("[::1]:{other}"),
-        format!("[::ffff:127.0.0.1]:{other}"),
-    ] {
+    for dest in [format!("127.0.0.1:{other}"), format!("[::1]:{other}"), format!("[::ffff:127.0.0.1]:{other}")] {
         let no = workload(Some(&agent), &["udp-send", &dest]);
         assert!(no.eperm(), "{dest}: {no:?}");
     }
@@ -46,9 +42,6 @@ endpoints = ["dns"]
 
     let c = daemon.counters("a1", "dns");
     assert_eq!(c.allowed, 2, "{c:?}");
-    assert!(
-        c.tx_packets >= 2 && c.tx_bytes >= 2 * (13 + 8 + 20),
-        "two datagrams of 13 bytes: {c:?}"
-    );
+    assert!(c.tx_packets >= 2 && c.tx_bytes >= 2 * (13 + 8 + 20), "two datagrams of 13 bytes: {c:?}");
     assert_eq!(daemon.counters("a1", "(unlisted)").denied, 4);
 }

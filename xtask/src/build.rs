@@ -8,10 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 pub fn cmd(program: &str) -> Command {
@@ -22,9 +19,7 @@ pub fn cmd(program: &str) -> Command {
 
 pub fn status(c: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{c:?}");
-    let s = c
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let s = c.status().with_context(|| format!("cannot start {shown}"))?;
     if !s.success() {
         bail!("{shown} failed: {s}");
     }
@@ -43,28 +38,15 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
+        // v3: atomic fetch-add returning the old value (governor-ebpf/src/budget.rs); the
+        // generic CPU cannot link it ("Invalid usage of the XADD return value").
+        "-Ctarget-cpu=v3",
     ]
     .join("\x1f");
     status(
         cmd("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "build",
-                "--package",
-                "governor-ebpf",
-                "--bins",
-                "--release",
-            ])
-            .args([
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--target-dir",
-                "target/ebpf",
-            ])
+            .args(["run", "nightly", "cargo", "build", "--package", "governor-ebpf", "--bins", "--release"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir", "target/ebpf"])
             .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
@@ -73,26 +55,45 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
     .context("building the eBPF programs")?;
     let object = ebpf_object();
     if !object.is_file() {
+        bail!("the eBPF build succeeded but {} is missing", object.display());
+    }
+    check_atomics(&object)?;
+    Ok(object)
+}
+
+/// Refuses an object with a plain `lock +=` where a fetch-add was meant: with `Relaxed` ordering
+/// the BPF backend emits one and then reads the register as if it held the old value, which
+/// loads, verifies, and is silently wrong (shared/AYA-NOTES.md). Every add in governor's
+/// programs is SeqCst, so any plain atomic add is a bug.
+fn check_atomics(object: &Path) -> anyhow::Result<()> {
+    let objdump = ["llvm-objdump-22", "/usr/lib/llvm-22/bin/llvm-objdump", "llvm-objdump"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .context("llvm-objdump not found (Debian package llvm-22); it checks the eBPF object's atomics")?;
+    let out = Command::new(objdump).arg("-d").arg(object).output().context("running llvm-objdump")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let plain: Vec<&str> = text.lines().filter(|l| l.contains("lock *(")).collect();
+    if !plain.is_empty() {
         bail!(
-            "the eBPF build succeeded but {} is missing",
-            object.display()
+            "{} has {} plain atomic add(s) where fetch-adds were expected (use AtomicOrdering::SeqCst):\n{}",
+            object.display(),
+            plain.len(),
+            plain.join("\n")
         );
     }
-    Ok(object)
+    let fetches = text.matches("atomic_fetch_add").count();
+    eprintln!("xtask: {} built; {fetches} atomic fetch-adds, no plain atomic adds", object.display());
+    Ok(())
 }
 
 /// Builds the eBPF object, then every user-space binary (the default members) with it embedded.
 pub fn all(release: bool) -> anyhow::Result<PathBuf> {
     let object = ebpf()?;
     let mut c = cmd("cargo");
-    c.args(["build", "--bins"])
-        .env("GOVERNOR_EBPF_OBJECT", &object);
+    c.args(["build", "--bins"]).env("GOVERNOR_EBPF_OBJECT", &object);
     if release {
         c.arg("--release");
     }
     status(&mut c)?;
-    Ok(workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("governor"))
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("governor"))
 }

@@ -24,10 +24,7 @@ fn ensure_rust_src() -> anyhow::Result<()> {
             "the `nightly` toolchain is not installed; governor's eBPF crate builds with it (rustup toolchain install nightly)"
         );
     }
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
     eprintln!("xtask: installing rust-src for nightly (the eBPF build compiles core from source)");
@@ -40,15 +37,8 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    eprintln!(
-        "xtask: bpf-linker is missing; installing it (built against Debian's llvm-{LLVM}-dev, about a minute)"
-    );
-    let packages = [
-        &format!("llvm-{LLVM}-dev"),
-        &format!("libpolly-{LLVM}-dev"),
-        "libzstd-dev",
-        "zlib1g-dev",
-    ];
+    eprintln!("xtask: bpf-linker is missing; installing it (built against Debian's llvm-{LLVM}-dev, about a minute)");
+    let packages = [&format!("llvm-{LLVM}-dev"), &format!("libpolly-{LLVM}-dev"), "libzstd-dev", "zlib1g-dev"];
     let have_llvm = std::path::Path::new(&format!("/usr/lib/llvm-{LLVM}/bin/llvm-config")).exists();
     if !have_llvm {
         if !nix_is_root() {
@@ -58,23 +48,11 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
             );
         }
         status(cmd("apt-get").arg("update").arg("-qq"))?;
-        status(
-            cmd("apt-get")
-                .args(["install", "-y", "-qq"])
-                .args(packages)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        status(cmd("apt-get").args(["install", "-y", "-qq"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     status(
         cmd("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{LLVM}"),
-            ])
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", &format!("llvm-{LLVM}")])
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM}")),
     )
     .context("installing bpf-linker")

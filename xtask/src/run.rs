@@ -15,9 +15,7 @@ pub fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
         c
     };
     c.arg("run").args(args);
-    let status = c
-        .status()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let status = c.status().with_context(|| format!("cannot start {}", binary.display()))?;
     if !status.success() {
         anyhow::bail!("governor exited with {status}");
     }

@@ -34,11 +34,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
     }
     let status = child.wait()?;
-    writeln!(
-        out,
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    )?;
+    writeln!(out, "tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored)?;
     if !status.success() {
         bail!("cargo test failed: {status}");
     }

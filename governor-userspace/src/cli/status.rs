@@ -17,17 +17,8 @@ pub async fn run(json: bool, socket: &Path) -> anyhow::Result<()> {
 /// The human view: one line per agent, one indented line per endpoint it used.
 pub fn table(s: &Status) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "governor {}  agents root {}  metrics {}",
-        s.version, s.agents_root, s.metrics_address
-    );
-    let _ = writeln!(
-        out,
-        "config {} (sha256 {})",
-        s.config_source,
-        &s.config_sha256[..12.min(s.config_sha256.len())]
-    );
+    let _ = writeln!(out, "governor {}  agents root {}  metrics {}", s.version, s.agents_root, s.metrics_address);
+    let _ = writeln!(out, "config {} (sha256 {})", s.config_source, &s.config_sha256[..12.min(s.config_sha256.len())]);
     let _ = writeln!(
         out,
         "\n{:<24} {:<8} {:<10} {:>14} {:>14} {:>10} {:>10} {:>9} {:>9} {:>10}",
@@ -43,30 +34,13 @@ pub fn table(s: &Status) -> String {
         "WOULD_DENY"
     );
     if s.agents.is_empty() {
-        let _ = writeln!(
-            out,
-            "(no agents: create a cgroup under {} or add [[agent]] to the config)",
-            s.agents_root
-        );
+        let _ = writeln!(out, "(no agents: create a cgroup under {} or add [[agent]] to the config)", s.agents_root);
     }
-    let row = |out: &mut String,
-               name: &str,
-               mode: &str,
-               state: &str,
-               c: &crate::kernel::AgentCounters| {
+    let row = |out: &mut String, name: &str, mode: &str, state: &str, c: &crate::kernel::AgentCounters| {
         let _ = writeln!(
             out,
             "{:<24} {:<8} {:<10} {:>14} {:>14} {:>10} {:>10} {:>9} {:>9} {:>10}",
-            name,
-            mode,
-            state,
-            c.tx_bytes,
-            c.rx_bytes,
-            c.tx_packets,
-            c.rx_packets,
-            c.allowed,
-            c.denied,
-            c.would_deny
+            name, mode, state, c.tx_bytes, c.rx_bytes, c.tx_packets, c.rx_packets, c.allowed, c.denied, c.would_deny
         );
     };
     for a in &s.agents {

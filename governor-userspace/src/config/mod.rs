@@ -6,7 +6,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    AgentConfig, Config, DaemonConfig, EndpointConfig, Mode, Protocol, UnlistedAgents,
+    AgentConfig, BudgetConfig, Config, DaemonConfig, EndpointConfig, HostConfig, Mode, NotifyConfig, OnExhausted,
+    PriceConfig, Protocol, UnlistedAgents,
 };
 pub use validate::Cidr;
 
@@ -24,13 +25,7 @@ pub enum ConfigError {
     },
     /// `key` is the dotted path of the offending entry, e.g. `agent[1].endpoints`.
     #[error("{}:{line}:{column}: {key}: {message}", path.display())]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, line: usize, column: usize, key: String, message: String },
 }
 
 /// A validated configuration and the text it came from (kept for its checksum).
@@ -44,10 +39,8 @@ pub struct LoadedConfig {
 impl LoadedConfig {
     /// Reads and validates `path`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_str(path, text)
     }
 
@@ -72,19 +65,9 @@ impl LoadedConfig {
         })?;
         validate::validate(&config).map_err(|e| {
             let (line, column) = line_column(&text, e.offset);
-            ConfigError::Invalid {
-                path: name.to_owned(),
-                line,
-                column,
-                key: e.key,
-                message: e.message,
-            }
+            ConfigError::Invalid { path: name.to_owned(), line, column, key: e.key, message: e.message }
         })?;
-        Ok(Self {
-            config,
-            source_name: name.to_owned(),
-            text,
-        })
+        Ok(Self { config, source_name: name.to_owned(), text })
     }
 
     /// SHA-256 of the configuration text, hex: names exactly which policy is running.
@@ -110,11 +93,7 @@ fn key_at(text: &str, offset: usize) -> String {
     let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line = text[start..].lines().next().unwrap_or("").trim();
     let key = line.split('=').next().unwrap_or("").trim();
-    if key.is_empty() || line.starts_with('#') {
-        "(syntax)".to_owned()
-    } else {
-        key.to_owned()
-    }
+    if key.is_empty() || line.starts_with('#') { "(syntax)".to_owned() } else { key.to_owned() }
 }
 
 #[cfg(test)]

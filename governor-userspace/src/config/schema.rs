@@ -15,6 +15,11 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
+    /// The host-wide budget over all agents; the stricter of it and an agent's own wins.
+    #[serde(default)]
+    pub host: HostConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +37,15 @@ pub struct DaemonConfig {
     /// What to do with a child cgroup of the agents root that no `[[agent]]` names.
     #[serde(default)]
     pub unlisted_agents: UnlistedAgents,
+    /// Label of every amount (prices, budgets); accounting is the same whatever it says.
+    #[serde(default = "default_currency")]
+    pub currency: Spanned<String>,
+    /// Where spend, windows and crossed thresholds are saved (atomically) to survive reboots.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: Spanned<PathBuf>,
+    /// The append-only, hash-chained audit log (JSON Lines).
+    #[serde(default = "default_audit_log")]
+    pub audit_log: Spanned<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -41,8 +55,106 @@ impl Default for DaemonConfig {
             socket: default_socket(),
             metrics: default_metrics(),
             unlisted_agents: UnlistedAgents::default(),
+            currency: default_currency(),
+            state_dir: default_state_dir(),
+            audit_log: default_audit_log(),
         }
     }
+}
+
+fn default_currency() -> Spanned<String> {
+    Spanned::new(0..0, "USD".to_owned())
+}
+fn default_state_dir() -> Spanned<PathBuf> {
+    Spanned::new(0..0, PathBuf::from("/var/lib/governor"))
+}
+fn default_audit_log() -> Spanned<PathBuf> {
+    Spanned::new(0..0, PathBuf::from("/var/log/governor/audit.jsonl"))
+}
+
+/// `budget = { limit = "25.00", window = "total" }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub limit: Spanned<String>,
+    #[serde(default = "default_window")]
+    pub window: Spanned<String>,
+}
+
+fn default_window() -> Spanned<String> {
+    Spanned::new(0..0, "total".to_owned())
+}
+
+/// `price = { connection = "0.0004", mib_sent = "0.50", mib_received = "2.00" }`; omitted
+/// parts cost nothing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub connection: Option<Spanned<String>>,
+    pub mib_sent: Option<Spanned<String>>,
+    pub mib_received: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExhausted {
+    /// Refuse new connections and drop packets once the ceiling is reached.
+    #[default]
+    Suspend,
+    /// Only alert: the ceiling is reported, never enforced.
+    Alert,
+}
+
+fn default_thresholds() -> Spanned<Vec<Spanned<i64>>> {
+    Spanned::new(0..0, [50, 80, 100].into_iter().map(|t| Spanned::new(0..0, t)).collect())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    #[serde(default)]
+    pub budget: Option<Spanned<BudgetConfig>>,
+    /// Percentages of the budget at which to notify, each once per window.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Spanned<Vec<Spanned<i64>>>,
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self { budget: None, thresholds: default_thresholds(), on_exhausted: OnExhausted::default() }
+    }
+}
+
+/// Where threshold crossings, suspensions and undeliverable notices are sent, besides the
+/// audit log, the metrics and the log. Delivery never blocks enforcement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `http://host:port/path`: each notice is POSTed as a JSON body.
+    pub url: Option<Spanned<String>>,
+    /// A command run per notice with the JSON body on its standard input, e.g. ["/usr/local/bin/page"].
+    pub command: Option<Spanned<Vec<String>>>,
+    /// Attempts per notice and hook before it counts as undeliverable.
+    #[serde(default = "default_attempts")]
+    pub attempts: Spanned<i64>,
+    /// Time allowed for one attempt.
+    #[serde(default = "default_notify_timeout")]
+    pub timeout: Spanned<String>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self { url: None, command: None, attempts: default_attempts(), timeout: default_notify_timeout() }
+    }
+}
+
+fn default_attempts() -> Spanned<i64> {
+    Spanned::new(0..0, 3)
+}
+fn default_notify_timeout() -> Spanned<String> {
+    Spanned::new(0..0, "5s".to_owned())
 }
 
 fn default_agents_root() -> Spanned<String> {
@@ -76,6 +188,8 @@ pub struct EndpointConfig {
     pub ports: Vec<Spanned<i64>>,
     #[serde(default)]
     pub protocol: Protocol,
+    #[serde(default)]
+    pub price: PriceConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -99,13 +213,18 @@ pub struct AgentConfig {
     pub endpoints: Vec<Spanned<String>>,
     #[serde(default)]
     pub mode: Mode,
+    /// No budget when omitted (spend is still counted and priced).
+    #[serde(default)]
+    pub budget: Option<Spanned<BudgetConfig>>,
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Spanned<Vec<Spanned<i64>>>,
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
 }
 
 impl AgentConfig {
     pub fn cgroup_name(&self) -> &str {
-        self.cgroup
-            .as_ref()
-            .map_or(self.name.get_ref(), |c| c.get_ref())
+        self.cgroup.as_ref().map_or(self.name.get_ref(), |c| c.get_ref())
     }
 }
 

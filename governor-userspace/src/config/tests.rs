@@ -8,9 +8,7 @@ fn load(text: &str) -> Result<LoadedConfig, ConfigError> {
 
 /// The error message, which must name the file, the line and the key.
 fn error(text: &str) -> String {
-    load(text)
-        .expect_err("config should be refused")
-        .to_string()
+    load(text).expect_err("config should be refused").to_string()
 }
 
 const GOOD: &str = r#"
@@ -66,11 +64,7 @@ fn shipped_examples_load() {
 #[test]
 fn defaults_fill_omitted_keys() {
     let c = load("[[agent]]\nname = \"a\"\n").unwrap().config;
-    assert_eq!(
-        c.agents[0].mode,
-        Mode::Enforce,
-        "an agent named in config enforces unless told otherwise"
-    );
+    assert_eq!(c.agents[0].mode, Mode::Enforce, "an agent named in config enforces unless told otherwise");
     assert_eq!(c.agents[0].cgroup_name(), "a");
     assert!(c.agents[0].endpoints.is_empty());
 }
@@ -93,17 +87,11 @@ fn unknown_keys_are_refused_with_their_line() {
 
 #[test]
 fn unknown_endpoint_names_the_agent_key_and_line() {
-    let text = GOOD.replace(
-        "endpoints = [\"llm-api\"]",
-        "endpoints = [\"llm-api\", \"search\"]",
-    );
+    let text = GOOD.replace("endpoints = [\"llm-api\"]", "endpoints = [\"llm-api\", \"search\"]");
     let e = error(&text);
     let line = text.lines().position(|l| l.contains("\"search\"")).unwrap() + 1;
     assert!(e.starts_with(&format!("test.toml:{line}:")), "{e}");
-    assert!(
-        e.contains("agent[0].endpoints: unknown endpoint \"search\" (defined: llm-api)"),
-        "{e}"
-    );
+    assert!(e.contains("agent[0].endpoints: unknown endpoint \"search\" (defined: llm-api)"), "{e}");
 }
 
 #[test]
@@ -117,16 +105,10 @@ fn bad_addresses_are_refused() {
     ] {
         let text = GOOD.replace("\"203.0.113.10\"", &format!("{bad:?}"));
         let e = error(&text);
-        assert!(
-            e.contains("endpoint[0].addresses") && e.contains(needle),
-            "{bad}: {e}"
-        );
+        assert!(e.contains("endpoint[0].addresses") && e.contains(needle), "{bad}: {e}");
         assert!(e.starts_with("test.toml:9:"), "{bad}: {e}");
     }
-    let e = error(&GOOD.replace(
-        "addresses = [\"203.0.113.10\", \"2001:db8::/32\", \"127.0.0.1\"]",
-        "addresses = []",
-    ));
+    let e = error(&GOOD.replace("addresses = [\"203.0.113.10\", \"2001:db8::/32\", \"127.0.0.1\"]", "addresses = []"));
     assert!(e.contains("at least one address"), "{e}");
 }
 
@@ -134,16 +116,9 @@ fn bad_addresses_are_refused() {
 fn duplicates_are_refused() {
     let text = format!("{GOOD}\n[[agent]]\nname = \"scanner\"\ncgroup = \"other\"\n");
     let e = error(&text);
-    assert!(
-        e.contains("agent[1].name: duplicate agent name \"scanner\""),
-        "{e}"
-    );
+    assert!(e.contains("agent[1].name: duplicate agent name \"scanner\""), "{e}");
     let lines: Vec<&str> = text.lines().collect();
-    let line = lines
-        .iter()
-        .rposition(|l| *l == "name = \"scanner\"")
-        .unwrap()
-        + 1;
+    let line = lines.iter().rposition(|l| *l == "name = \"scanner\"").unwrap() + 1;
     assert!(e.starts_with(&format!("test.toml:{line}:8:")), "{e}");
 
     let text = format!("{GOOD}\n[[agent]]\nname = \"b\"\ncgroup = \"scanner\"\n");
@@ -156,67 +131,22 @@ fn duplicates_are_refused() {
 #[test]
 fn bad_values_are_refused() {
     let cases = [
+        (GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "unknown variant `sctp`"),
+        (GOOD.replace("mode = \"enforce\"", "mode = \"strict\""), "unknown variant `strict`"),
+        (GOOD.replace("ports = [443, 8443]", "ports = [0]"), "0 is not a port"),
+        (GOOD.replace("ports = [443, 8443]", "ports = [70000]"), "70000 is not a port"),
+        (GOOD.replace("ports = [443, 8443]", "ports = [-1]"), "-1 is not a port"),
+        (GOOD.replace("cgroup = \"scanner\"", "cgroup = \"a/b\""), "one directory directly under agents_root"),
+        (GOOD.replace("cgroup = \"scanner\"", "cgroup = \"..\""), "agent[0].cgroup"),
         (
-            GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
-            "unknown variant `sctp`",
-        ),
-        (
-            GOOD.replace("mode = \"enforce\"", "mode = \"strict\""),
-            "unknown variant `strict`",
-        ),
-        (
-            GOOD.replace("ports = [443, 8443]", "ports = [0]"),
-            "0 is not a port",
-        ),
-        (
-            GOOD.replace("ports = [443, 8443]", "ports = [70000]"),
-            "70000 is not a port",
-        ),
-        (
-            GOOD.replace("ports = [443, 8443]", "ports = [-1]"),
-            "-1 is not a port",
-        ),
-        (
-            GOOD.replace("cgroup = \"scanner\"", "cgroup = \"a/b\""),
-            "one directory directly under agents_root",
-        ),
-        (
-            GOOD.replace("cgroup = \"scanner\"", "cgroup = \"..\""),
-            "agent[0].cgroup",
-        ),
-        (
-            GOOD.replace(
-                "agents_root = \"governor.agents\"",
-                "agents_root = \"/sys/fs/cgroup\"",
-            ),
+            GOOD.replace("agents_root = \"governor.agents\"", "agents_root = \"/sys/fs/cgroup\""),
             "must be a relative path",
         ),
-        (
-            GOOD.replace(
-                "agents_root = \"governor.agents\"",
-                "agents_root = \"a/../b\"",
-            ),
-            "must be a relative path",
-        ),
-        (
-            GOOD.replace("metrics = \"127.0.0.1:9477\"", "metrics = \"localhost\""),
-            "daemon.metrics",
-        ),
-        (
-            GOOD.replace(
-                "socket = \"/run/governor/governor.sock\"",
-                "socket = \"gov.sock\"",
-            ),
-            "must be an absolute path",
-        ),
-        (
-            GOOD.replace("name = \"scanner\"", "name = \"\""),
-            "must be 1 to 64 characters",
-        ),
-        (
-            GOOD.replace("name = \"scanner\"", "name = \"scan ner\""),
-            "may only use letters",
-        ),
+        (GOOD.replace("agents_root = \"governor.agents\"", "agents_root = \"a/../b\""), "must be a relative path"),
+        (GOOD.replace("metrics = \"127.0.0.1:9477\"", "metrics = \"localhost\""), "daemon.metrics"),
+        (GOOD.replace("socket = \"/run/governor/governor.sock\"", "socket = \"gov.sock\""), "must be an absolute path"),
+        (GOOD.replace("name = \"scanner\"", "name = \"\""), "must be 1 to 64 characters"),
+        (GOOD.replace("name = \"scanner\"", "name = \"scan ner\""), "may only use letters"),
     ];
     for (text, needle) in cases {
         let e = error(&text);
@@ -227,13 +157,8 @@ fn bad_values_are_refused() {
 
 #[test]
 fn unreadable_file_says_which() {
-    let e = LoadedConfig::from_file(Path::new("/nonexistent/governor.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("cannot read config file /nonexistent/governor.toml"),
-        "{e}"
-    );
+    let e = LoadedConfig::from_file(Path::new("/nonexistent/governor.toml")).unwrap_err().to_string();
+    assert!(e.contains("cannot read config file /nonexistent/governor.toml"), "{e}");
 }
 
 #[test]

@@ -7,7 +7,12 @@ use std::{
     str::FromStr,
 };
 
-use super::schema::Config;
+use super::schema::{BudgetConfig, Config, PriceConfig};
+use crate::accounting::{
+    money::{MAX_CONNECTION_PRICE, MAX_LIMIT, MAX_MIB_PRICE, Money},
+    window::{Window, parse_duration},
+};
+use toml::Spanned;
 
 /// A rejected value: byte offset into the file, dotted key, and what is wrong.
 #[derive(Debug)]
@@ -17,16 +22,8 @@ pub(super) struct Problem {
     pub message: String,
 }
 
-fn problem(
-    span: std::ops::Range<usize>,
-    key: impl Into<String>,
-    message: impl Into<String>,
-) -> Problem {
-    Problem {
-        offset: span.start,
-        key: key.into(),
-        message: message.into(),
-    }
+fn problem(span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { offset: span.start, key: key.into(), message: message.into() }
 }
 
 /// An IP prefix: an address with its prefix length; host bits must be zero.
@@ -51,27 +48,23 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr_text
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR prefix (e.g. 203.0.113.10, 10.0.0.0/8, 2001:db8::/32)"))?;
+        let addr: IpAddr = addr_text.parse().map_err(|_| {
+            format!("{s:?} is not an IP address or CIDR prefix (e.g. 203.0.113.10, 10.0.0.0/8, 2001:db8::/32)")
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = match len_text {
             None => max,
             Some(l) => match l.parse::<u8>() {
                 Ok(n) if n <= max => n,
                 _ => {
-                    return Err(format!(
-                        "{s:?}: prefix length must be a number from 0 to {max}"
-                    ));
+                    return Err(format!("{s:?}: prefix length must be a number from 0 to {max}"));
                 }
             },
         };
         let cidr = Cidr { addr, prefix_len };
         let network = cidr.network();
         if network != addr {
-            return Err(format!(
-                "{s:?} has host bits set; did you mean {network}/{prefix_len}?"
-            ));
+            return Err(format!("{s:?} has host bits set; did you mean {network}/{prefix_len}?"));
         }
         Ok(cidr)
     }
@@ -82,15 +75,11 @@ impl Cidr {
     pub fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         }
@@ -102,14 +91,8 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("must be 1 to 64 characters".to_owned());
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
-        return Err(format!(
-            "{name:?} may only use letters, digits, '-', '_' and '.', and not start with '.'"
-        ));
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) || name.starts_with('.') {
+        return Err(format!("{name:?} may only use letters, digits, '-', '_' and '.', and not start with '.'"));
     }
     Ok(())
 }
@@ -125,10 +108,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
             return Err(problem(
                 ep.name.span(),
                 key("name"),
-                format!(
-                    "duplicate endpoint name {:?} (first defined as endpoint[{first}])",
-                    ep.name.get_ref()
-                ),
+                format!("duplicate endpoint name {:?} (first defined as endpoint[{first}])", ep.name.get_ref()),
             ));
         }
         if ep.addresses.get_ref().is_empty() {
@@ -139,22 +119,18 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
             ));
         }
         for a in ep.addresses.get_ref() {
-            a.get_ref()
-                .parse::<Cidr>()
-                .map_err(|m| problem(a.span(), key("addresses"), m))?;
+            a.get_ref().parse::<Cidr>().map_err(|m| problem(a.span(), key("addresses"), m))?;
         }
         for p in &ep.ports {
             if !(1..=65535).contains(p.get_ref()) {
                 return Err(problem(
                     p.span(),
                     key("ports"),
-                    format!(
-                        "{} is not a port (1 to 65535; leave ports empty for any port)",
-                        p.get_ref()
-                    ),
+                    format!("{} is not a port (1 to 65535; leave ports empty for any port)", p.get_ref()),
                 ));
             }
         }
+        validate_price(&ep.price, &key("price"))?;
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -166,16 +142,10 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
             return Err(problem(
                 agent.name.span(),
                 key("name"),
-                format!(
-                    "duplicate agent name {:?} (first defined as agent[{first}])",
-                    agent.name.get_ref()
-                ),
+                format!("duplicate agent name {:?} (first defined as agent[{first}])", agent.name.get_ref()),
             ));
         }
-        let cgroup_span = agent
-            .cgroup
-            .as_ref()
-            .map_or(agent.name.span(), |c| c.span());
+        let cgroup_span = agent.cgroup.as_ref().map_or(agent.name.span(), |c| c.span());
         let cgroup = agent.cgroup_name();
         check_name(cgroup).map_err(|m| {
             problem(
@@ -188,11 +158,13 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
             return Err(problem(
                 cgroup_span,
                 key("cgroup"),
-                format!(
-                    "cgroup {cgroup:?} is already agent[{first}]'s; each agent needs its own cgroup"
-                ),
+                format!("cgroup {cgroup:?} is already agent[{first}]'s; each agent needs its own cgroup"),
             ));
         }
+        if let Some(b) = &agent.budget {
+            validate_budget(b, &key("budget"))?;
+        }
+        validate_thresholds(&agent.thresholds, &key("thresholds"))?;
         for e in &agent.endpoints {
             if !endpoints.contains_key(e.get_ref().as_str()) {
                 let mut known: Vec<&str> = endpoints.keys().copied().collect();
@@ -213,21 +185,107 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Parses an amount, bounded by `max`.
+pub(crate) fn amount(text: &Spanned<String>, key: &str, max: Money) -> Result<Money, Problem> {
+    let m = Money::parse(text.get_ref()).map_err(|e| problem(text.span(), key, e))?;
+    if m > max {
+        return Err(problem(
+            text.span(),
+            key,
+            format!("{:?} is above the largest accepted amount, {max}", text.get_ref()),
+        ));
+    }
+    Ok(m)
+}
+
+fn validate_price(p: &PriceConfig, key: &str) -> Result<(), Problem> {
+    if let Some(c) = &p.connection {
+        amount(c, &format!("{key}.connection"), MAX_CONNECTION_PRICE)?;
+    }
+    if let Some(s) = &p.mib_sent {
+        amount(s, &format!("{key}.mib_sent"), MAX_MIB_PRICE)?;
+    }
+    if let Some(r) = &p.mib_received {
+        amount(r, &format!("{key}.mib_received"), MAX_MIB_PRICE)?;
+    }
+    Ok(())
+}
+
+fn validate_budget(b: &Spanned<BudgetConfig>, key: &str) -> Result<(), Problem> {
+    let b = b.get_ref();
+    amount(&b.limit, &format!("{key}.limit"), MAX_LIMIT)?;
+    b.window.get_ref().parse::<Window>().map_err(|e| problem(b.window.span(), format!("{key}.window"), e))?;
+    Ok(())
+}
+
+fn validate_thresholds(t: &Spanned<Vec<Spanned<i64>>>, key: &str) -> Result<(), Problem> {
+    let mut seen = Vec::new();
+    for p in t.get_ref() {
+        if !(1..=100).contains(p.get_ref()) {
+            return Err(problem(
+                p.span(),
+                key,
+                format!("{} is not a percentage of the budget (1 to 100)", p.get_ref()),
+            ));
+        }
+        if seen.contains(p.get_ref()) {
+            return Err(problem(p.span(), key, format!("{} is listed twice", p.get_ref())));
+        }
+        seen.push(*p.get_ref());
+    }
+    Ok(())
+}
+
 fn validate_daemon(config: &Config) -> Result<(), Problem> {
+    let host = &config.host;
+    if let Some(b) = &host.budget {
+        validate_budget(b, "host.budget")?;
+    }
+    validate_thresholds(&host.thresholds, "host.thresholds")?;
+    let n = &config.notify;
+    if let Some(url) = &n.url {
+        let u = url.get_ref();
+        if u.starts_with("https://") {
+            return Err(problem(
+                url.span(),
+                "notify.url",
+                "https is not supported here; post to a local relay over http, or use notify.command (e.g. [\"curl\", ...])",
+            ));
+        }
+        if !u.starts_with("http://") || u.parse::<axum::http::Uri>().is_err() {
+            return Err(problem(url.span(), "notify.url", format!("{u:?} is not an http:// URL")));
+        }
+    }
+    if let Some(c) = &n.command
+        && c.get_ref().is_empty()
+    {
+        return Err(problem(c.span(), "notify.command", "must name a program, e.g. [\"/usr/local/bin/page\"]"));
+    }
+    if !(1..=20).contains(n.attempts.get_ref()) {
+        return Err(problem(n.attempts.span(), "notify.attempts", "must be from 1 to 20"));
+    }
+    parse_duration(n.timeout.get_ref()).map_err(|e| problem(n.timeout.span(), "notify.timeout", e))?;
+    let d = &config.daemon;
+    if d.currency.get_ref().is_empty()
+        || d.currency.get_ref().len() > 8
+        || !d.currency.get_ref().chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(problem(d.currency.span(), "daemon.currency", "must be a short label such as \"USD\""));
+    }
+    for (path, key) in [(&d.state_dir, "daemon.state_dir"), (&d.audit_log, "daemon.audit_log")] {
+        if !path.get_ref().is_absolute() {
+            return Err(problem(path.span(), key, format!("{:?} must be an absolute path", path.get_ref())));
+        }
+    }
     let d = &config.daemon;
     let root = d.agents_root.get_ref();
-    let bad_root = root.is_empty()
-        || root.starts_with('/')
-        || root
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
+    let bad_root =
+        root.is_empty() || root.starts_with('/') || root.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad_root {
         return Err(problem(
             d.agents_root.span(),
             "daemon.agents_root",
-            format!(
-                "{root:?} must be a relative path below the cgroup2 mount, e.g. \"governor.agents\""
-            ),
+            format!("{root:?} must be a relative path below the cgroup2 mount, e.g. \"governor.agents\""),
         ));
     }
     if !d.socket.get_ref().is_absolute() {
@@ -241,10 +299,7 @@ fn validate_daemon(config: &Config) -> Result<(), Problem> {
         problem(
             d.metrics.span(),
             "daemon.metrics",
-            format!(
-                "{:?} is not an address:port such as \"127.0.0.1:9477\"",
-                d.metrics.get_ref()
-            ),
+            format!("{:?} is not an address:port such as \"127.0.0.1:9477\"", d.metrics.get_ref()),
         )
     })?;
     Ok(())

@@ -12,12 +12,8 @@ use crate::governor::Governor;
 /// live daemon is serving, and replaces a stale one left by a crash.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "cannot create socket directory {} (daemon.socket)",
-                dir.display()
-            )
-        })?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {} (daemon.socket)", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -26,15 +22,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| {
-        format!(
-            "cannot bind control socket {} (daemon.socket)",
-            path.display()
-        )
-    })?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind control socket {} (daemon.socket)", path.display()))?;
     // Owner and group only: status reveals every agent's traffic.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions on {}", path.display()))?;
@@ -46,19 +37,14 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
         .route("/v1/status", get(status))
         .route("/v1/health", get(|| async { "ok\n" }))
         .with_state(governor);
-    axum::serve(listener, app)
-        .await
-        .context("control socket server failed")
+    axum::serve(listener, app).await.context("control socket server failed")
 }
 
 async fn status(State(g): State<Arc<Governor>>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || g.status()).await {
         Ok(Ok(s)) => Json(s).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("status task failed: {e}"),
-        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("status task failed: {e}")),
     }
 }
 

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use governor_common::{
-    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_SENDMSG, REASON_NOT_ALLOWLISTED,
-    VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, REASON_BUDGET,
+    REASON_NOT_ALLOWLISTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,8 @@ pub struct Denial {
     pub verdict: String,
     pub hook: String,
     pub protocol: String,
-    pub destination: String,
+    /// `addr:port`; absent for packets refused at the ceiling (egress/ingress hooks).
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +38,7 @@ pub enum DecodeError {
 pub fn reason_name(code: u8) -> Option<&'static str> {
     match code {
         REASON_NOT_ALLOWLISTED => Some("not-allowlisted"),
+        REASON_BUDGET => Some("budget"),
         _ => None,
     }
 }
@@ -57,17 +59,22 @@ pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
     let hook = match e.hook {
         HOOK_CONNECT => "connect",
         HOOK_SENDMSG => "sendmsg",
+        HOOK_EGRESS => "egress",
+        HOOK_INGRESS => "ingress",
         v => return Err(code("hook", v)),
     };
-    let ip: IpAddr = match e.family {
-        AF_INET => Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).into(),
-        AF_INET6 => Ipv6Addr::from(e.addr).into(),
-        v => return Err(code("family", v)),
+    let ip: Option<IpAddr> = match (e.family, e.hook) {
+        (AF_INET, HOOK_CONNECT | HOOK_SENDMSG) => {
+            Some(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).into())
+        }
+        (AF_INET6, HOOK_CONNECT | HOOK_SENDMSG) => Some(Ipv6Addr::from(e.addr).into()),
+        (0, HOOK_EGRESS | HOOK_INGRESS) => None,
+        (v, _) => return Err(code("family", v)),
     };
-    let destination = match ip {
+    let destination = ip.map(|ip| match ip {
         IpAddr::V4(a) => format!("{a}:{}", e.port),
         IpAddr::V6(a) => format!("[{a}]:{}", e.port),
-    };
+    });
     Ok(Denial {
         timestamp_ns: e.timestamp_ns,
         cgroup_id: e.cgroup_id,
@@ -89,10 +96,7 @@ mod tests {
 
     fn bytes(e: &DenyEvent) -> Vec<u8> {
         // SAFETY: DenyEvent is plain integers with no padding (asserted in governor-common).
-        unsafe {
-            std::slice::from_raw_parts((e as *const DenyEvent).cast::<u8>(), size_of::<DenyEvent>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((e as *const DenyEvent).cast::<u8>(), size_of::<DenyEvent>()) }.to_vec()
     }
 
     fn event() -> DenyEvent {
@@ -117,14 +121,9 @@ mod tests {
     #[test]
     fn decodes_a_v4_denial() {
         let d = decode_event(&bytes(&event())).unwrap();
-        assert_eq!(d.destination, "203.0.113.7:443");
+        assert_eq!(d.destination.as_deref(), Some("203.0.113.7:443"));
         assert_eq!(
-            (
-                d.reason.as_str(),
-                d.verdict.as_str(),
-                d.hook.as_str(),
-                d.protocol.as_str()
-            ),
+            (d.reason.as_str(), d.verdict.as_str(), d.hook.as_str(), d.protocol.as_str()),
             ("not-allowlisted", "denied", "sendmsg", "udp")
         );
     }
@@ -134,7 +133,14 @@ mod tests {
         let mut e = event();
         e.family = AF_INET6;
         e.addr = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(decode_event(&bytes(&e)).unwrap().destination, "[::1]:443");
+        assert_eq!(decode_event(&bytes(&e)).unwrap().destination.as_deref(), Some("[::1]:443"));
+    }
+
+    #[test]
+    fn decodes_a_packet_refused_at_the_ceiling() {
+        let e = DenyEvent { reason: REASON_BUDGET, hook: HOOK_EGRESS, family: 0, addr: [0; 16], port: 0, ..event() };
+        let d = decode_event(&bytes(&e)).unwrap();
+        assert_eq!((d.reason.as_str(), d.hook.as_str(), d.destination), ("budget", "egress", None));
     }
 
     #[test]
@@ -143,15 +149,12 @@ mod tests {
         assert_eq!(decode_event(&b[..47]), Err(DecodeError::Size(47)));
         let mut e = event();
         e.reason = 200;
-        assert_eq!(
-            decode_event(&bytes(&e)),
-            Err(DecodeError::Code {
-                field: "reason",
-                value: 200
-            })
-        );
+        assert_eq!(decode_event(&bytes(&e)), Err(DecodeError::Code { field: "reason", value: 200 }));
         let mut e = event();
         e.family = 7;
+        assert!(decode_event(&bytes(&e)).is_err());
+        // A connect event must carry an address family.
+        e.family = 0;
         assert!(decode_event(&bytes(&e)).is_err());
     }
 }

@@ -1,20 +1,24 @@
-//! The kernel side as the daemon sees it: load the embedded object, attach it to the agents
-//! root, and typed handles on every map.
+//! The kernel side as the daemon sees it: load the embedded object with its maps pinned in
+//! bpffs (adopting the previous daemon's maps when they exist), attach or atomically update the
+//! pinned links on the agents root, and typed handles on every map.
 
 mod events;
+mod link;
 mod maps;
+pub mod pins;
 
-use std::{fs::File, path::Path};
+use std::{fs::File, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 use governor_common::{GLOBAL_AGENT_LEVEL, maps as map_names, programs};
 
-pub use events::{DecodeError, Denial, decode_event};
+pub use events::{DecodeError, Denial, decode_event, reason_name};
 pub use maps::{AgentCounters, KernelMaps};
+pub use pins::PinDir;
 
 /// The object `cargo xtask build-ebpf` built, embedded at compile time (empty if it was absent).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GOVERNOR_EBPF_OBJECT"));
@@ -26,9 +30,7 @@ pub enum KernelError {
          (which builds the programs first) instead of plain `cargo build`"
     )]
     NoObject,
-    #[error(
-        "loading the eBPF object failed: {0}; is this root with CAP_BPF on a kernel with BTF (5.8+)?"
-    )]
+    #[error("loading the eBPF object failed: {0}; is this root with CAP_BPF on a kernel with BTF (5.8+)?")]
     Load(#[source] aya::EbpfError),
     #[error("program {name} is missing from the eBPF object; rebuild with `cargo xtask build`")]
     MissingProgram { name: &'static str },
@@ -48,52 +50,59 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("link of {name} at {}: {op} failed: {source}", path.display())]
+    Link {
+        name: &'static str,
+        path: std::path::PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open cgroup {}: {source}", path.display())]
     OpenCgroup {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
 }
 
-/// Loaded and attached programs. Dropping it detaches every program (the links are owned here).
+/// Loaded programs with pinned maps and links. Dropping it closes the daemon's handles but
+/// leaves the pins, so enforcement and counting go on; `detach` removes the programs.
 pub struct Kernel {
     ebpf: Ebpf,
+    pins: PinDir,
+    /// True when the maps were already pinned: a previous daemon's counts were adopted.
+    pub adopted: bool,
 }
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [
-    programs::CONNECT4,
-    programs::CONNECT6,
-    programs::SENDMSG4,
-    programs::SENDMSG6,
-];
-const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
-    (programs::SKB_EGRESS, CgroupSkbAttachType::Egress),
-    (programs::SKB_INGRESS, CgroupSkbAttachType::Ingress),
-];
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [programs::CONNECT4, programs::CONNECT6, programs::SENDMSG4, programs::SENDMSG6];
+const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
+    [(programs::SKB_EGRESS, CgroupSkbAttachType::Egress), (programs::SKB_INGRESS, CgroupSkbAttachType::Ingress)];
 
 impl Kernel {
-    /// Loads the embedded programs for agents at cgroup level `agent_level`. Nothing is attached yet.
-    pub fn load(agent_level: u32) -> Result<Self, KernelError> {
+    /// Loads the embedded programs for agents at cgroup level `agent_level`, reusing the maps
+    /// pinned in `pins` if there are any. Nothing is attached yet.
+    pub fn load(agent_level: u32, pins: PinDir) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
-        let ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_AGENT_LEVEL, &agent_level, true)
-            .load(OBJECT)
-            .map_err(KernelError::Load)?;
-        Ok(Self { ebpf })
+        let adopted = pins.map(map_names::SPEND).exists();
+        let mut loader = EbpfLoader::new();
+        loader.override_global(GLOBAL_AGENT_LEVEL, &agent_level, true);
+        for name in map_names::ALL {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        let ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        Ok(Self { ebpf, pins, adopted })
     }
 
     /// Takes the maps out of the object; call once, before `attach`, so the maps are filled
-    /// before any program can run.
+    /// before any new program can run.
     pub fn take_maps(&mut self) -> Result<(KernelMaps, RingBuf<MapData>), KernelError> {
-        let events = self
-            .ebpf
-            .take_map(map_names::EVENTS)
-            .ok_or(KernelError::MissingMap {
-                name: map_names::EVENTS,
-            })?;
+        let events =
+            self.ebpf.take_map(map_names::EVENTS).ok_or(KernelError::MissingMap { name: map_names::EVENTS })?;
         let events = RingBuf::try_from(events).map_err(|source| KernelError::Map {
             name: map_names::EVENTS,
             op: "open",
@@ -102,67 +111,137 @@ impl Kernel {
         Ok((KernelMaps::take(&mut self.ebpf)?, events))
     }
 
-    /// Loads and attaches every program to `cgroup` (the agents root), so they run for every
-    /// agent below it, present and future.
+    /// Loads every program and puts it on `cgroup` (the agents root), so it runs for every agent
+    /// below it, present and future. A link a previous daemon pinned for this same cgroup is
+    /// switched to the new program atomically; otherwise a new link is made and pinned.
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), KernelError> {
-        let file = File::open(cgroup).map_err(|source| KernelError::OpenCgroup {
-            path: cgroup.to_owned(),
-            source,
-        })?;
+        let file = File::open(cgroup).map_err(|source| KernelError::OpenCgroup { path: cgroup.to_owned(), source })?;
+        let root_id = crate::cgroup::cgroup_id(cgroup).unwrap_or(0);
+        self.forget_links_of_other_cgroups(root_id);
         for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    op: "type check",
-                    source,
-                })?;
-            prog.load().map_err(|source| KernelError::Program {
+            let pin = self.pins.link(&link_name(name, root_id));
+            let prog: &mut CgroupSockAddr = self.program(name)?;
+            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
+            if !update_pinned(
                 name,
-                op: "load",
-                source,
-            })?;
-            // Single: on 5.7+ aya makes a bpf_link, which coexists with other programs anyway.
-            prog.attach(&file, CgroupAttachMode::Single)
-                .map_err(|source| KernelError::Program {
+                &pin,
+                prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?.as_fd(),
+            )? {
+                let prog: &mut CgroupSockAddr = self.program(name)?;
+                // Single: on 5.7+ aya makes a bpf_link, which coexists with other programs anyway.
+                let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|source| KernelError::Program {
                     name,
                     op: "attach",
                     source,
                 })?;
+                let link =
+                    prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
+                pin_link(
+                    name,
+                    FdLink::try_from(link).map_err(|e| KernelError::Link {
+                        name,
+                        path: pin.clone(),
+                        op: "convert to fd link",
+                        source: std::io::Error::other(e.to_string()),
+                    })?,
+                    &pin,
+                )?;
+            }
         }
         for (name, attach_type) in SKB_PROGRAMS {
-            let prog: &mut CgroupSkb = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name,
-                    op: "type check",
-                    source,
-                })?;
-            prog.load().map_err(|source| KernelError::Program {
+            let pin = self.pins.link(&link_name(name, root_id));
+            let prog: &mut CgroupSkb = self.program(name)?;
+            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
+            if !update_pinned(
                 name,
-                op: "load",
-                source,
-            })?;
-            prog.attach(&file, attach_type, CgroupAttachMode::Single)
-                .map_err(|source| KernelError::Program {
+                &pin,
+                prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?.as_fd(),
+            )? {
+                let prog: &mut CgroupSkb = self.program(name)?;
+                let id = prog
+                    .attach(&file, attach_type, CgroupAttachMode::Single)
+                    .map_err(|source| KernelError::Program { name, op: "attach", source })?;
+                let link =
+                    prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
+                pin_link(
                     name,
-                    op: "attach",
-                    source,
-                })?;
+                    FdLink::try_from(link).map_err(|e| KernelError::Link {
+                        name,
+                        path: pin.clone(),
+                        op: "convert to fd link",
+                        source: std::io::Error::other(e.to_string()),
+                    })?,
+                    &pin,
+                )?;
+            }
         }
         Ok(())
     }
 
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, KernelError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(KernelError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| KernelError::Program { name, op: "type check", source })
+    }
+
+    /// Links pinned for an agents root that has since been removed and recreated are defunct
+    /// (the kernel detached them with the old cgroup): drop their pins.
+    fn forget_links_of_other_cgroups(&self, root_id: u64) {
+        let suffix = format!("@{root_id}");
+        if let Ok(entries) = std::fs::read_dir(self.pins.base.join("links")) {
+            for e in entries.flatten() {
+                if !e.file_name().to_string_lossy().ends_with(&suffix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Removes every program from the agents root: unpins the links; they die with the last fd.
+    pub fn detach(self) {
+        if let Ok(entries) = std::fs::read_dir(self.pins.base.join("links")) {
+            for e in entries.flatten() {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "could not unpin link");
+                }
+            }
+        }
+        drop(self.ebpf);
+    }
+
     /// Names of the programs attached by `attach`, for status.
     pub fn program_names() -> impl Iterator<Item = &'static str> {
-        SOCK_ADDR_PROGRAMS
-            .into_iter()
-            .chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n))
+        SOCK_ADDR_PROGRAMS.into_iter().chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n))
     }
+}
+
+/// A link's pin name: the program and the id of the cgroup it is attached to.
+fn link_name(program: &str, cgroup_id: u64) -> String {
+    format!("{program}@{cgroup_id}")
+}
+
+/// Switches the link pinned at `pin` to `program`. False if there is no such link.
+fn update_pinned(name: &'static str, pin: &Path, program: std::os::fd::BorrowedFd<'_>) -> Result<bool, KernelError> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let err = |op, source| KernelError::Link { name, path: pin.to_owned(), op, source };
+    let fd = link::obj_get(pin).map_err(|e| err("open pinned link", e))?;
+    link::link_update(fd.as_fd(), program).map_err(|e| err("update pinned link", e))?;
+    tracing::info!(program = name, "adopted pinned link; program replaced atomically");
+    Ok(true)
+}
+
+fn pin_link(name: &'static str, link: FdLink, pin: &Path) -> Result<(), KernelError> {
+    link.pin(pin).map(drop).map_err(|e| KernelError::Link {
+        name,
+        path: pin.to_owned(),
+        op: "pin",
+        source: std::io::Error::other(e.to_string()),
+    })
 }

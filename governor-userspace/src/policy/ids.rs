@@ -25,21 +25,13 @@ pub(super) struct IdSpace {
 
 impl IdSpace {
     pub fn new(kind: &'static str) -> Self {
-        Self {
-            kind,
-            taken: HashMap::new(),
-        }
+        Self { kind, taken: HashMap::new() }
     }
 
     pub fn assign(&mut self, name: &str) -> Result<u32, PolicyError> {
         let id = name_id(name);
         if let Some(other) = self.taken.insert(id, name.to_owned()) {
-            return Err(PolicyError::IdCollision {
-                kind: self.kind,
-                a: other,
-                b: name.to_owned(),
-                id,
-            });
+            return Err(PolicyError::IdCollision { kind: self.kind, a: other, b: name.to_owned(), id });
         }
         Ok(id)
     }
@@ -61,9 +53,6 @@ mod tests {
     fn collisions_are_refused() {
         let mut ids = IdSpace::new("agent");
         ids.assign("a").unwrap();
-        assert!(matches!(
-            ids.assign("a"),
-            Err(PolicyError::IdCollision { .. })
-        ));
+        assert!(matches!(ids.assign("a"), Err(PolicyError::IdCollision { .. })));
     }
 }

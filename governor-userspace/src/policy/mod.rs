@@ -6,26 +6,31 @@ mod ids;
 use std::{collections::HashMap, net::IpAddr};
 
 use governor_common::{
-    ALLOW_KEY_FIXED_BITS, AllowKeyV4, AllowKeyV6, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE,
-    MODE_OBSERVE,
+    ALLOW_KEY_FIXED_BITS, AllowKeyV4, AllowKeyV6, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, MODE_OBSERVE, Prices, Rule,
 };
 
 pub use ids::name_id;
 
-use crate::config::{Cidr, Config, Mode, Protocol};
+use crate::{
+    accounting::{budget::BudgetSpec, money::Money, window::Window},
+    config::{BudgetConfig, Cidr, Config, Mode, PriceConfig, Protocol},
+};
 
-/// One allowlist entry: an LPM key (`prefix_len` counts the fixed fields too) and its endpoint.
+/// One allowlist entry: an LPM key (`prefix_len` counts the fixed fields too) and the rule
+/// (endpoint and prices) it maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule<K> {
+pub struct Entry<K> {
     pub prefix_len: u32,
     pub key: K,
-    pub endpoint_id: u32,
+    pub rule: Rule,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledEndpoint {
     pub id: u32,
     pub name: String,
+    /// Per connection, and per byte (rounded up from the per-MiB price), in pico-units.
+    pub prices: Prices,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,25 +40,54 @@ pub struct CompiledAgent {
     /// Directory name under the agents root.
     pub cgroup: String,
     pub mode: Mode,
-    pub rules_v4: Vec<Rule<AllowKeyV4>>,
-    pub rules_v6: Vec<Rule<AllowKeyV6>>,
+    pub budget: BudgetSpec,
+    pub rules_v4: Vec<Entry<AllowKeyV4>>,
+    pub rules_v6: Vec<Entry<AllowKeyV6>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub endpoints: Vec<CompiledEndpoint>,
     pub agents: Vec<CompiledAgent>,
+    pub host: BudgetSpec,
+    pub currency: String,
+}
+
+/// An endpoint's configured prices in pico-units; the config is validated, so amounts parse.
+pub fn prices(p: &PriceConfig) -> Prices {
+    let amount = |s: &Option<toml::Spanned<String>>| {
+        s.as_ref().map_or(Money::ZERO, |s| Money::parse(s.get_ref()).expect("validated amount"))
+    };
+    Prices {
+        connection: amount(&p.connection).0,
+        tx_byte: amount(&p.mib_sent).per_byte_from_per_mib(),
+        rx_byte: amount(&p.mib_received).per_byte_from_per_mib(),
+    }
+}
+
+fn budget_spec(
+    budget: Option<&toml::Spanned<BudgetConfig>>,
+    thresholds: &[toml::Spanned<i64>],
+    on_exhausted: crate::config::OnExhausted,
+) -> BudgetSpec {
+    let mut thresholds: Vec<u8> =
+        thresholds.iter().map(|t| u8::try_from(*t.get_ref()).expect("validated threshold")).collect();
+    thresholds.sort_unstable();
+    match budget {
+        None => BudgetSpec { thresholds, on_exhausted, ..BudgetSpec::none() },
+        Some(b) => BudgetSpec {
+            limit: Some(Money::parse(b.get_ref().limit.get_ref()).expect("validated limit")),
+            window: b.get_ref().window.get_ref().parse::<Window>().expect("validated window"),
+            thresholds,
+            on_exhausted,
+        },
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     #[error("{kind} names {a:?} and {b:?} map to the same id {id:#010x}; rename one of them")]
-    IdCollision {
-        kind: &'static str,
-        a: String,
-        b: String,
-        id: u32,
-    },
+    IdCollision { kind: &'static str, a: String, b: String, id: u32 },
     #[error(
         "agent {agent:?}: endpoints {a:?} and {b:?} both allow {protocol} {prefix} port {}; \
          its traffic could not be charged to one of them: remove the overlap",
@@ -99,17 +133,14 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
     let mut endpoints = Vec::with_capacity(config.endpoints.len());
     for ep in &config.endpoints {
         let id = endpoint_ids.assign(ep.name.get_ref())?;
-        endpoints.push(CompiledEndpoint {
-            id,
-            name: ep.name.get_ref().clone(),
-        });
+        endpoints.push(CompiledEndpoint { id, name: ep.name.get_ref().clone(), prices: prices(&ep.price) });
     }
-    let by_name: HashMap<&str, (usize, u32)> = config
+    let by_name: HashMap<&str, (usize, Rule)> = config
         .endpoints
         .iter()
         .zip(&endpoints)
         .enumerate()
-        .map(|(i, (e, c))| (e.name.get_ref().as_str(), (i, c.id)))
+        .map(|(i, (e, c))| (e.name.get_ref().as_str(), (i, Rule { endpoint_id: c.id, _pad: 0, prices: c.prices })))
         .collect();
 
     let mut agent_ids = ids::IdSpace::new("agent");
@@ -121,28 +152,25 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
             name: agent.name.get_ref().clone(),
             cgroup: agent.cgroup_name().to_owned(),
             mode: agent.mode,
+            budget: budget_spec(agent.budget.as_ref(), agent.thresholds.get_ref(), agent.on_exhausted),
             rules_v4: Vec::new(),
             rules_v6: Vec::new(),
         };
         // (protocol, port, prefix) -> endpoint name, to refuse ambiguous overlaps.
         let mut seen: HashMap<(u8, u16, Cidr), &str> = HashMap::new();
         for ep_name in &agent.endpoints {
-            let (index, endpoint_id) = by_name[ep_name.get_ref().as_str()];
+            let (index, rule) = by_name[ep_name.get_ref().as_str()];
             let ep = &config.endpoints[index];
             let ports: Vec<u16> = if ep.ports.is_empty() {
                 vec![0]
             } else {
-                ep.ports
-                    .iter()
-                    .map(|p| u16::try_from(*p.get_ref()).expect("validated port"))
-                    .collect()
+                ep.ports.iter().map(|p| u16::try_from(*p.get_ref()).expect("validated port")).collect()
             };
             for address in ep.addresses.get_ref() {
                 let cidr: Cidr = address.get_ref().parse().expect("validated address");
                 for &protocol in protocols(ep.protocol) {
                     for &port in &ports {
-                        if let Some(other) = seen.insert((protocol, port, cidr), ep.name.get_ref())
-                        {
+                        if let Some(other) = seen.insert((protocol, port, cidr), ep.name.get_ref()) {
                             if other == ep.name.get_ref() {
                                 continue; // the same endpoint listing a prefix twice is harmless
                             }
@@ -155,29 +183,26 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
                                 port,
                             });
                         }
-                        push_rule(&mut compiled, protocol, port, cidr, endpoint_id);
+                        push_rule(&mut compiled, protocol, port, cidr, rule);
                     }
                 }
             }
         }
         agents.push(compiled);
     }
-    Ok(Policy { endpoints, agents })
+    let host = budget_spec(config.host.budget.as_ref(), config.host.thresholds.get_ref(), config.host.on_exhausted);
+    Ok(Policy { endpoints, agents, host, currency: config.daemon.currency.get_ref().clone() })
 }
 
-fn push_rule(agent: &mut CompiledAgent, protocol: u8, port: u16, cidr: Cidr, endpoint_id: u32) {
+fn push_rule(agent: &mut CompiledAgent, protocol: u8, port: u16, cidr: Cidr, rule: Rule) {
     let prefix_len = ALLOW_KEY_FIXED_BITS + u32::from(cidr.prefix_len);
     match cidr.addr {
-        IpAddr::V4(a) => agent.rules_v4.push(Rule {
-            prefix_len,
-            key: AllowKeyV4::new(agent.id, protocol, port, a.octets()),
-            endpoint_id,
-        }),
-        IpAddr::V6(a) => agent.rules_v6.push(Rule {
-            prefix_len,
-            key: AllowKeyV6::new(agent.id, protocol, port, a.octets()),
-            endpoint_id,
-        }),
+        IpAddr::V4(a) => {
+            agent.rules_v4.push(Entry { prefix_len, key: AllowKeyV4::new(agent.id, protocol, port, a.octets()), rule })
+        }
+        IpAddr::V6(a) => {
+            agent.rules_v6.push(Entry { prefix_len, key: AllowKeyV6::new(agent.id, protocol, port, a.octets()), rule })
+        }
     }
 }
 

@@ -6,8 +6,7 @@ use super::*;
 use crate::config::LoadedConfig;
 
 fn compile_text(text: &str) -> Result<Policy, PolicyError> {
-    let loaded =
-        LoadedConfig::from_str(Path::new("t.toml"), text.to_owned()).expect("valid config");
+    let loaded = LoadedConfig::from_str(Path::new("t.toml"), text.to_owned()).expect("valid config");
     compile(&loaded.config)
 }
 
@@ -43,14 +42,7 @@ fn rules_expand_ports_protocols_and_families() {
     let mut v4: Vec<_> = scanner
         .rules_v4
         .iter()
-        .map(|r| {
-            (
-                r.key.protocol,
-                u16::from_be_bytes(r.key.port),
-                r.prefix_len,
-                r.endpoint_id,
-            )
-        })
+        .map(|r| (r.key.protocol, u16::from_be_bytes(r.key.port), r.prefix_len, r.rule.endpoint_id))
         .collect();
     v4.sort_unstable();
     assert_eq!(
@@ -63,28 +55,9 @@ fn rules_expand_ports_protocols_and_families() {
         ]
     );
     assert_eq!(scanner.rules_v6.len(), 2);
-    assert!(
-        scanner
-            .rules_v6
-            .iter()
-            .all(|r| r.prefix_len == ALLOW_KEY_FIXED_BITS + 32 && r.endpoint_id == api)
-    );
-    assert!(
-        scanner
-            .rules_v4
-            .iter()
-            .all(|r| r.key.agent_id == scanner.id.to_be_bytes())
-    );
-    assert_eq!(
-        scanner
-            .rules_v4
-            .iter()
-            .find(|r| r.endpoint_id == api)
-            .unwrap()
-            .key
-            .addr,
-        [203, 0, 113, 10]
-    );
+    assert!(scanner.rules_v6.iter().all(|r| r.prefix_len == ALLOW_KEY_FIXED_BITS + 32 && r.rule.endpoint_id == api));
+    assert!(scanner.rules_v4.iter().all(|r| r.key.agent_id == scanner.id.to_be_bytes()));
+    assert_eq!(scanner.rules_v4.iter().find(|r| r.rule.endpoint_id == api).unwrap().key.addr, [203, 0, 113, 10]);
 }
 
 #[test]
@@ -100,10 +73,7 @@ fn an_empty_allowlist_compiles_to_no_rules() {
 fn ids_come_from_names() {
     let p = compile_text(TWO_ENDPOINTS).unwrap();
     assert_eq!(p.agents[0].id, name_id("scanner"));
-    assert_eq!(
-        p.endpoints.iter().map(|e| e.id).collect::<Vec<_>>(),
-        vec![name_id("api"), name_id("dns")]
-    );
+    assert_eq!(p.endpoints.iter().map(|e| e.id).collect::<Vec<_>>(), vec![name_id("api"), name_id("dns")]);
 }
 
 #[test]
@@ -122,10 +92,7 @@ name = "x"
 endpoints = ["a", "b"]
 "#;
     let e = compile_text(text).unwrap_err().to_string();
-    assert!(
-        e.contains("endpoints \"a\" and \"b\" both allow tcp 127.0.0.1/32 port 80"),
-        "{e}"
-    );
+    assert!(e.contains("endpoints \"a\" and \"b\" both allow tcp 127.0.0.1/32 port 80"), "{e}");
 }
 
 #[test]

@@ -5,6 +5,10 @@
 //!   governor-workload udp-send ADDR         sendto() on an unconnected UDP socket
 //!   governor-workload send ADDR N           connect, write N bytes, half-close, wait for EOF
 //!   governor-workload recv ADDR             connect, read until EOF, report the byte count
+//!   governor-workload connect-many ADDR N   N connects at once (threads behind a barrier);
+//!                                           reports how many succeeded and how many got EPERM
+//!
+//! GOVERNOR_WORKLOAD_TIMEOUT_MS bounds each socket read, write and connect (default 10000).
 
 use std::{
     io::{Read as _, Write as _},
@@ -15,43 +19,28 @@ use std::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["connect", addr] => parse(addr).and_then(|a| connect(a).map(|_| Done::default())),
         ["udp-send", addr] => parse(addr).and_then(udp_send),
         ["send", addr, n] => parse(addr).and_then(|a| send(a, n.parse().expect("byte count"))),
         ["recv", addr] => parse(addr).and_then(recv),
+        ["connect-many", addr, n] => parse(addr).and_then(|a| connect_many(a, n.parse().expect("count"))),
         _ => {
             eprintln!("usage: governor-workload connect|udp-send|send|recv ADDR [N]");
             return ExitCode::from(64);
         }
     };
     match result {
-        Ok(Done {
-            bytes,
-            wire_bytes,
-            retrans_bytes,
-        }) => {
+        Ok(Done { bytes, wire_bytes, retrans_bytes, eperm }) => {
             println!(
-                "{{\"result\":\"ok\",\"bytes\":{bytes},\"wire_bytes\":{wire_bytes},\"retrans_bytes\":{retrans_bytes}}}"
+                "{{\"result\":\"ok\",\"bytes\":{bytes},\"wire_bytes\":{wire_bytes},\"retrans_bytes\":{retrans_bytes},\"eperm\":{eperm}}}"
             );
             ExitCode::SUCCESS
         }
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(0);
-            println!(
-                "{{\"result\":\"error\",\"errno\":{errno},\"message\":{:?}}}",
-                e.to_string()
-            );
-            if errno == libc::EPERM {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            println!("{{\"result\":\"error\",\"errno\":{errno},\"message\":{:?}}}", e.to_string());
+            if errno == libc::EPERM { ExitCode::from(2) } else { ExitCode::from(1) }
         }
     }
 }
@@ -63,33 +52,31 @@ struct Done {
     bytes: u64,
     wire_bytes: u64,
     retrans_bytes: u64,
+    /// connect-many: connects refused with EPERM (`bytes` holds those that succeeded).
+    eperm: u64,
+}
+
+fn timeout() -> Duration {
+    let ms = std::env::var("GOVERNOR_WORKLOAD_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    Duration::from_millis(ms)
 }
 
 fn parse(addr: &str) -> std::io::Result<SocketAddr> {
-    addr.parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))
+    addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))
 }
 
 fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let s = TcpStream::connect_timeout(&addr, timeout())?;
+    s.set_read_timeout(Some(timeout()))?;
+    s.set_write_timeout(Some(timeout()))?;
     Ok(s)
 }
 
 fn udp_send(addr: SocketAddr) -> std::io::Result<Done> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     let s = UdpSocket::bind(bind)?;
     let bytes = s.send_to(b"governor-test", addr)? as u64;
-    Ok(Done {
-        bytes,
-        wire_bytes: bytes,
-        retrans_bytes: 0,
-    })
+    Ok(Done { bytes, wire_bytes: bytes, ..Done::default() })
 }
 
 fn send(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
@@ -105,11 +92,7 @@ fn send(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)?;
     let (wire_bytes, retrans_bytes) = governor_tests::tcp_wire_bytes(&s);
-    Ok(Done {
-        bytes: n,
-        wire_bytes,
-        retrans_bytes,
-    })
+    Ok(Done { bytes: n, wire_bytes, retrans_bytes, eperm: 0 })
 }
 
 fn recv(addr: SocketAddr) -> std::io::Result<Done> {
@@ -120,12 +103,31 @@ fn recv(addr: SocketAddr) -> std::io::Result<Done> {
     loop {
         match s.read(&mut buf)? {
             0 => {
-                return Ok(Done {
-                    bytes: total,
-                    ..Done::default()
-                });
+                return Ok(Done { bytes: total, ..Done::default() });
             }
             k => total += k as u64,
         }
     }
+}
+
+fn connect_many(addr: SocketAddr, n: usize) -> std::io::Result<Done> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                connect(addr).map(drop)
+            })
+        })
+        .collect();
+    let mut done = Done::default();
+    for t in threads {
+        match t.join().expect("connect thread") {
+            Ok(()) => done.bytes += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => done.eperm += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }

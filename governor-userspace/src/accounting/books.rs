@@ -1,0 +1,231 @@
+//! The books: one account per budget owner (every agent, and the host in slot 0). Seeds the
+//! kernel on start, advances each ledger against what the kernel charged, and writes the
+//! ceilings back. The kernel's `SPEND` counters are the truth; the books only decide windows,
+//! thresholds and ceilings.
+
+use std::collections::BTreeMap;
+
+use governor_common::{HOST_SLOT, MAX_AGENTS, Prices};
+use serde::Serialize;
+
+use super::{
+    budget::{BudgetSpec, Ledger, Notice},
+    money::Money,
+    state::{HOST, SavedBudget, SavedState},
+    window::{Window, rfc3339},
+};
+use crate::{
+    config::OnExhausted,
+    kernel::{AgentCounters, KernelError, KernelMaps},
+};
+
+/// The cost of what `c` counts at `prices`: connection prices per flow, byte prices per byte.
+pub fn cost(c: &AgentCounters, p: &Prices) -> Money {
+    let total = u128::from(c.flows) * u128::from(p.connection)
+        + u128::from(c.tx_bytes) * u128::from(p.tx_byte)
+        + u128::from(c.rx_bytes) * u128::from(p.rx_byte);
+    Money(u64::try_from(total).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub owner: String,
+    pub slot: u32,
+    pub spec: BudgetSpec,
+    pub ledger: Ledger,
+    /// The kernel's spend total at the last tick.
+    pub spent: u64,
+}
+
+/// A budget's state as status reports it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BudgetStatus {
+    /// Decimal amount, or null when there is no budget.
+    pub limit: Option<String>,
+    pub window: String,
+    pub window_start: String,
+    /// End of a calendar window (RFC 3339); null for `total` and rolling windows.
+    pub window_end: Option<String>,
+    pub window_spend: String,
+    /// Everything charged since the slot was first used, all windows.
+    pub spent_total: String,
+    /// Window spend as a percentage of the limit; null without a budget.
+    pub percent_used: Option<u64>,
+    pub remaining: Option<String>,
+    pub thresholds: Vec<u8>,
+    pub thresholds_crossed: Vec<u8>,
+    pub on_exhausted: OnExhausted,
+    /// `none` (no budget), `zero` (a zero budget), `ok`, `exhausted` (alert mode, over the
+    /// limit), or `suspended`.
+    pub state: String,
+    /// Exact pico-unit figures, for tools.
+    pub window_spend_pico: u64,
+    pub spent_total_pico: u64,
+    pub limit_pico: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BooksError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(
+        "all {MAX_AGENTS} agent slots are taken (by current and past agents in the state file); remove agents that no longer exist from {0}"
+    )]
+    SlotsFull(String),
+}
+
+pub struct Books {
+    accounts: BTreeMap<String, Account>,
+    /// Saved budgets of owners not present now: kept so their slots are never reused and a
+    /// returning agent gets its spend back.
+    retired: BTreeMap<String, SavedBudget>,
+    pub currency: String,
+}
+
+impl Books {
+    /// Opens the books for `owners` (agent name and budget) and the host. `adopted`: the kernel
+    /// maps survived (pinned), so they hold the truth; otherwise spend is reseeded from `saved`.
+    /// Seeding is a pure function of (kernel maps, saved state): doing it twice gives the same.
+    pub fn open(
+        currency: &str,
+        host: BudgetSpec,
+        saved: Option<SavedState>,
+        adopted: bool,
+        now: i64,
+        maps: &mut KernelMaps,
+    ) -> Result<Self, BooksError> {
+        let saved = saved.unwrap_or_default();
+        let mut books = Self { accounts: BTreeMap::new(), retired: saved.budgets, currency: currency.to_owned() };
+        books.open_account(HOST, Some(HOST_SLOT), host, adopted, now, maps)?;
+        Ok(books)
+    }
+
+    /// Adds (or re-opens) the account of `owner`, reusing its saved slot and spend.
+    pub fn open_account(
+        &mut self,
+        owner: &str,
+        fixed_slot: Option<u32>,
+        spec: BudgetSpec,
+        adopted: bool,
+        now: i64,
+        maps: &mut KernelMaps,
+    ) -> Result<u32, BooksError> {
+        if let Some(a) = self.accounts.get_mut(owner) {
+            a.spec = spec;
+            return Ok(a.slot);
+        }
+        let saved = self.retired.remove(owner);
+        let slot = match (fixed_slot, &saved) {
+            (Some(s), _) => s,
+            (None, Some(s)) => s.slot,
+            (None, None) => self.free_slot()?,
+        };
+        let kernel = maps.spend(slot)?;
+        let (spent, ledger) = match saved {
+            Some(s) if s.slot == slot => {
+                let spent = if adopted { kernel.spent.max(s.spent) } else { s.spent };
+                (spent, s.ledger)
+            }
+            _ if adopted => {
+                let c = maps.control(slot)?;
+                let mut l = Ledger::new(now, c.window_base.min(kernel.spent));
+                l.generation = c.generation.max(1);
+                (kernel.spent, l)
+            }
+            _ => (0, Ledger::new(now, 0)),
+        };
+        if !adopted || kernel.spent != spent {
+            // Fresh maps (a reboot): put the saved total back, and a saved suspension with it.
+            let exhausted = if ledger.suspended { ledger.generation } else { 0 };
+            maps.seed_spend(slot, spent, exhausted)?;
+        }
+        let account = Account { owner: owner.to_owned(), slot, spec, ledger, spent };
+        maps.set_control(slot, account.ledger.control(&account.spec))?;
+        self.accounts.insert(owner.to_owned(), account);
+        Ok(slot)
+    }
+
+    fn free_slot(&self) -> Result<u32, BooksError> {
+        let used: std::collections::HashSet<u32> =
+            self.accounts.values().map(|a| a.slot).chain(self.retired.values().map(|s| s.slot)).collect();
+        (1..=MAX_AGENTS).find(|s| !used.contains(s)).ok_or_else(|| BooksError::SlotsFull("the state file".into()))
+    }
+
+    pub fn account(&self, owner: &str) -> Option<&Account> {
+        self.accounts.get(owner)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values()
+    }
+
+    /// Advances every ledger to `now` against the kernel and writes changed ceilings.
+    /// Returns what must be told, by owner.
+    pub fn tick(&mut self, now: i64, maps: &mut KernelMaps) -> Result<Vec<(String, Notice)>, KernelError> {
+        let mut out = Vec::new();
+        for a in self.accounts.values_mut() {
+            let spend = maps.spend(a.slot)?;
+            a.spent = spend.spent;
+            let before = a.ledger.control(&a.spec);
+            for n in a.ledger.tick(&a.spec, now, spend.spent, spend.exhausted_generation) {
+                out.push((a.owner.clone(), n));
+            }
+            let after = a.ledger.control(&a.spec);
+            if after != before || maps.control(a.slot)? != after {
+                maps.set_control(a.slot, after)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lifts `owner`'s suspension (operator action); the kernel sees it at once.
+    pub fn lift(&mut self, owner: &str, maps: &mut KernelMaps) -> Result<bool, KernelError> {
+        let Some(a) = self.accounts.get_mut(owner) else { return Ok(false) };
+        a.ledger.lift();
+        maps.set_control(a.slot, a.ledger.control(&a.spec))?;
+        Ok(true)
+    }
+
+    /// What to save: every account and every retired one.
+    pub fn saved(&self, now: i64, outbox: Vec<serde_json::Value>) -> SavedState {
+        let mut budgets = self.retired.clone();
+        for a in self.accounts.values() {
+            budgets.insert(a.owner.clone(), SavedBudget { slot: a.slot, spent: a.spent, ledger: a.ledger.clone() });
+        }
+        SavedState { version: 1, currency: self.currency.clone(), saved_at: now, budgets, outbox }
+    }
+
+    pub fn status(&self, owner: &str, now: i64) -> Option<BudgetStatus> {
+        let a = self.accounts.get(owner)?;
+        let window_spend = a.ledger.window_spend(a.spent);
+        let limit = a.spec.limit;
+        let state = match limit {
+            None => "none",
+            Some(_) if a.ledger.suspended => "suspended",
+            Some(Money(0)) => "zero",
+            Some(l) if window_spend >= l => "exhausted",
+            Some(_) => "ok",
+        };
+        let window_end = match a.spec.window {
+            Window::Hour | Window::Day | Window::Month => a.spec.window.bounds(now).map(|(_, end)| rfc3339(end)),
+            Window::Total | Window::Rolling(_) => None,
+        };
+        Some(BudgetStatus {
+            limit: limit.map(|l| l.to_string()),
+            window: a.spec.window.to_string(),
+            window_start: rfc3339(a.ledger.window_start),
+            window_end,
+            window_spend: window_spend.to_string(),
+            spent_total: Money(a.spent).to_string(),
+            percent_used: limit.map(|l| window_spend.percent_of(l).min(999)),
+            remaining: limit.map(|l| l.saturating_sub(window_spend).to_string()),
+            thresholds: a.spec.thresholds.clone(),
+            thresholds_crossed: a.ledger.crossed.iter().copied().collect(),
+            on_exhausted: a.spec.on_exhausted,
+            state: state.to_owned(),
+            window_spend_pico: window_spend.0,
+            spent_total_pico: a.spent,
+            limit_pico: limit.map(|l| l.0),
+        })
+    }
+}
