@@ -29,10 +29,13 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PerCpuArray<u64>` with one slot: events the ring buffer had no room for.
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    /// `PerCpuHashMap<u64 /* cgroup id */, HostEgress>`: the host's egress on its uplinks, by
+    /// sending cgroup, agents or not. Key 0: packets with no socket, and overflow.
+    pub const HOST_EGRESS: &str = "HOST_EGRESS";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 10] =
-        [AGENTS, ALLOW_V4, ALLOW_V6, CONN_STATS, TRAFFIC, SOCK_TAGS, CONTROL, SPEND, EVENTS, EVENTS_LOST];
+    pub const ALL: [&str; 11] =
+        [AGENTS, ALLOW_V4, ALLOW_V6, CONN_STATS, TRAFFIC, SOCK_TAGS, CONTROL, SPEND, EVENTS, EVENTS_LOST, HOST_EGRESS];
 }
 
 /// Program names (the Rust function names in `governor-ebpf/src/main.rs`).
@@ -43,6 +46,7 @@ pub mod programs {
     pub const SENDMSG6: &str = "governor_sendmsg6";
     pub const SKB_EGRESS: &str = "governor_skb_egress";
     pub const SKB_INGRESS: &str = "governor_skb_ingress";
+    pub const TC_EGRESS: &str = "governor_tc_egress";
 }
 
 /// Global set by the loader: the cgroup level of agent cgroups (agents root level + 1).
@@ -207,6 +211,16 @@ pub struct TrafficCounters {
 }
 const _: () = assert!(size_of::<TrafficCounters>() == 32);
 
+/// Value of `HOST_EGRESS`: what one cgroup sent out of the host's uplinks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostEgress {
+    /// L3 bytes plus link-layer header, as TC sees them (what a provider bills).
+    pub bytes: u64,
+    pub packets: u64,
+}
+const _: () = assert!(size_of::<HostEgress>() == 16);
+
 /// LPM trie key for IPv4 allowlists. Multi-byte fields are big-endian byte arrays, so the
 /// trie's bit order is the field order. The prefix length is `ALLOW_KEY_FIXED_BITS` plus the
 /// address prefix; port 0 means "any port" and is looked up second. `_tail` is never reached by
@@ -289,6 +303,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockTag {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::Spend {}
+    unsafe impl aya::Pod for super::HostEgress {}
     unsafe impl aya::Pod for super::StatsKey {}
     unsafe impl aya::Pod for super::ConnCounters {}
     unsafe impl aya::Pod for super::TrafficCounters {}

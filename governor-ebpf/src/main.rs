@@ -11,10 +11,11 @@ mod events;
 mod maps;
 mod skb;
 mod sock_addr;
+mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock_addr, classifier},
+    programs::{SkBuffContext, SockAddrContext, TcContext},
 };
 use governor_common::{HOOK_CONNECT, HOOK_SENDMSG};
 
@@ -46,6 +47,11 @@ pub fn governor_skb_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn governor_skb_ingress(ctx: SkBuffContext) -> i32 {
     skb::count(&ctx, skb::Direction::Ingress)
+}
+
+#[classifier]
+pub fn governor_tc_egress(ctx: TcContext) -> i32 {
+    tc::count(&ctx)
 }
 
 #[cfg(not(test))]

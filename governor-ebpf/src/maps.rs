@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, Rule, SLOTS, SockTag, Spend, StatsKey,
-    TrafficCounters,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, HostEgress, Rule, SLOTS, SockTag, Spend,
+    StatsKey, TrafficCounters,
 };
 
 #[btf_map]
@@ -43,25 +43,32 @@ pub static EVENTS: RingBuf<DenyEvent, { 256 * 1024 }> = RingBuf::new();
 #[btf_map]
 pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
+/// Host egress by sending cgroup id; the daemon creates key 0 for socketless packets and
+/// for cgroups the map has no room for.
+#[btf_map]
+pub static HOST_EGRESS: PerCpuHashMap<u64, HostEgress, 65_536> = PerCpuHashMap::new();
+
 /// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot on first use.
+/// Returns false if the map had no room for a new key.
 #[inline(always)]
-pub fn per_cpu_add<V: Default, const N: usize>(
-    map: &PerCpuHashMap<StatsKey, V, N>,
-    key: &StatsKey,
-    f: impl Fn(&mut V),
-) {
+pub fn per_cpu_add<K, V: Default, const N: usize>(map: &PerCpuHashMap<K, V, N>, key: &K, f: impl Fn(&mut V)) -> bool {
     if let Some(v) = map.get_ptr_mut(key) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest here.
         f(unsafe { &mut *v });
-        return;
+        return true;
     }
     let mut v = V::default();
     f(&mut v);
     // BPF_NOEXIST: if another CPU created the key meanwhile, add to our (zeroed) slot instead.
-    if map.insert(key, &v, 1).is_err()
-        && let Some(v) = map.get_ptr_mut(key)
-    {
-        // SAFETY: as above.
-        f(unsafe { &mut *v });
+    if map.insert(key, &v, 1).is_ok() {
+        return true;
+    }
+    match map.get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: as above.
+            f(unsafe { &mut *v });
+            true
+        }
+        None => false,
     }
 }

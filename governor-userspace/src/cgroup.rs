@@ -132,6 +132,24 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     Ok(std::fs::metadata(path).map_err(io_err("stat cgroup", path))?.ino())
 }
 
+/// Every cgroup below `mount` by id, as a path relative to the mount ("/" for the root).
+/// Used to name the senders of the host's egress; a cgroup removed since is simply absent.
+pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![mount.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            let rel =
+                dir.strip_prefix(mount).map_or_else(|_| dir.display().to_string(), |r| format!("/{}", r.display()));
+            out.insert(meta.ino(), rel);
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,10 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut books = Books::open(&policy.currency, policy.host.clone(), saved, adopted, now, &mut maps)?;
     let mut agents = AgentTable::install(&policy, d.unlisted_agents, &root, &mut maps, &mut books, adopted, now)?;
     agents.sync(&root, &mut maps, &mut books, now)?;
+    maps.prepare_host_egress()?;
     kernel.attach(&root.path)?;
+    let host_interfaces = policy.host_interfaces.clone().unwrap_or_else(crate::kernel::default_route_interfaces);
+    kernel.attach_host_egress(&host_interfaces)?;
 
     audit.append(
         "daemon_start",
@@ -73,6 +76,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "config_sha256": config.sha256(),
             "agents_root": root.path.display().to_string(),
             "adopted_pinned_state": adopted,
+            "host_interfaces": host_interfaces,
             "pid": std::process::id(),
         }),
     )?;
@@ -83,6 +87,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         agents_root = %root.path.display(),
         agents = agents.iter().count(),
         adopted,
+        host_interfaces = ?host_interfaces,
         socket = %d.socket.get_ref().display(),
         metrics = %metrics_address,
         "governor is running"
@@ -103,6 +108,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         audit: std::sync::Mutex::new(audit),
         tally: Default::default(),
         notify: hooks.any().then_some(notify_tx.clone()),
+        host_interfaces,
+        cgroup_paths: Default::default(),
         config,
     });
     // Notices a previous daemon recorded but did not deliver go out first.

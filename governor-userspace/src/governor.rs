@@ -24,9 +24,12 @@ use crate::{
     audit::AuditLog,
     cgroup::{AgentsRoot, Cgroup2Mount},
     config::{LoadedConfig, Mode},
-    kernel::{AgentCounters, Denial, Kernel, KernelError, KernelMaps},
+    kernel::{AgentCounters, Denial, Kernel, KernelError, KernelMaps, sockets},
     policy::Policy,
-    status::{AgentStatus, DenialRecord, EndpointStatus, EventStats, NotificationStats, Status, UNLISTED_ENDPOINT},
+    status::{
+        AgentStatus, DenialRecord, EndpointStatus, EventStats, HostEgressRow, HostEgressStatus, NotificationStats,
+        Status, UNLISTED_ENDPOINT,
+    },
 };
 
 /// How many recent deny events status keeps.
@@ -79,6 +82,10 @@ pub struct Governor {
     pub audit: Mutex<AuditLog>,
     pub tally: Mutex<Tally>,
     pub notify: Option<mpsc::Sender<serde_json::Value>>,
+    /// Uplinks the host's egress is counted on.
+    pub host_interfaces: Vec<String>,
+    /// Cgroup id -> path cache for naming host egress, refreshed at most once a second.
+    pub cgroup_paths: Mutex<(Option<std::time::Instant>, std::collections::HashMap<u64, String>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,8 +169,11 @@ impl Governor {
         if !notices.is_empty() || force_save {
             self.save_state(saved);
         }
-        for (owner, notice, body) in queued {
+        for (owner, notice, mut body) in queued {
             log_notice(&owner, &notice, &self.policy.currency);
+            if matches!(notice, Notice::Suspended { .. }) {
+                body["connections_ended"] = self.end_connections(&owner);
+            }
             let agent = (owner != HOST).then_some(owner.as_str());
             let _ = self.audit(body["kind"].as_str().unwrap_or("notice"), agent, body.clone());
             if let Some(tx) = &self.notify {
@@ -174,6 +184,38 @@ impl Governor {
             }
         }
         Ok(())
+    }
+
+    /// Ends the established connections of `owner` (every agent, for the host budget), so a
+    /// suspended agent sees an error rather than a hang. Returns what was done, for the record.
+    fn end_connections(&self, owner: &str) -> serde_json::Value {
+        let dirs: Vec<PathBuf> = {
+            let core = self.core();
+            core.agents
+                .iter()
+                .filter(|a| owner == HOST || a.name == owner)
+                .map(|a| self.root.agent_path(&a.cgroup))
+                .collect()
+        };
+        let started = std::time::Instant::now();
+        let cgroups = dirs.iter().flat_map(|d| sockets::cgroup_tree_ids(d)).collect();
+        match sockets::destroy_in_cgroups(&cgroups) {
+            Ok(sweep) => {
+                let micros = started.elapsed().as_micros() as u64;
+                tracing::info!(
+                    owner,
+                    destroyed = sweep.destroyed,
+                    examined = sweep.examined,
+                    micros,
+                    "ended the suspended agent's connections"
+                );
+                json!({ "destroyed": sweep.destroyed, "failed": sweep.failed, "examined": sweep.examined, "micros": micros })
+            }
+            Err(e) => {
+                tracing::error!(owner, error = %e, "could not end the suspended agent's connections; their packets are still dropped");
+                json!({ "error": e.to_string() })
+            }
+        }
     }
 
     fn notice_body(&self, owner: &str, notice: &Notice, now: i64, n: u64) -> serde_json::Value {
@@ -209,9 +251,12 @@ impl Governor {
     /// Reads the kernel's counters now and assembles the full status.
     pub fn status(&self) -> Result<Status, KernelError> {
         let now = unix_now();
-        let core = self.core();
+        let mut core = self.core();
+        let Core { maps, books, .. } = &mut *core;
+        books.refresh(maps)?;
         let counters = core.maps.counters()?;
         let lost = core.maps.events_lost()?;
+        let host_egress = self.host_egress(&core.maps.host_egress()?);
 
         let mut by_agent: BTreeMap<u32, Vec<(u32, AgentCounters)>> = BTreeMap::new();
         for (key, c) in counters {
@@ -279,12 +324,57 @@ impl Governor {
             programs: Kernel::program_names().map(str::to_owned).collect(),
             events: EventStats { received: events.received, lost, malformed: events.malformed },
             host_budget: core.books.status(HOST, now),
+            host_egress,
             agents: agent_status,
             recent_denials,
             notifications: NotificationStats { pending: tally.outbox.len() as u64, ..tally.notifications },
             threshold_crossings: tally.threshold_crossings.iter().map(|((o, p), n)| (format!("{o}:{p}"), *n)).collect(),
             suspensions: tally.suspensions.clone(),
         })
+    }
+}
+
+impl Governor {
+    /// Names and prices the host's egress counters.
+    fn host_egress(&self, raw: &BTreeMap<u64, governor_common::HostEgress>) -> HostEgressStatus {
+        let paths = {
+            let mut cache = lock(&self.cgroup_paths);
+            let stale = cache.0.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+            if stale && raw.keys().any(|id| *id != 0 && !cache.1.contains_key(id)) {
+                *cache = (Some(std::time::Instant::now()), crate::cgroup::paths_by_id(&self.mount.mount_point));
+            }
+            cache.1.clone()
+        };
+        let price = self.policy.host_egress_byte_price;
+        let mut rows: Vec<HostEgressRow> = raw
+            .iter()
+            .filter(|(_, e)| e.packets > 0)
+            .map(|(id, e)| {
+                let cost = Money(e.bytes.saturating_mul(price));
+                let cgroup = match id {
+                    0 => "(no socket)".to_owned(),
+                    _ => paths.get(id).cloned().unwrap_or_else(|| "(removed)".to_owned()),
+                };
+                HostEgressRow {
+                    cgroup_id: *id,
+                    cgroup,
+                    bytes: e.bytes,
+                    packets: e.packets,
+                    cost: cost.to_string(),
+                    cost_pico: cost.0,
+                }
+            })
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.bytes));
+        let total_bytes = rows.iter().map(|r| r.bytes).sum::<u64>();
+        HostEgressStatus {
+            interfaces: self.host_interfaces.clone(),
+            price_per_gib: self.config.config.host.egress_price_per_gib.as_ref().map(|p| p.get_ref().clone()),
+            total_packets: rows.iter().map(|r| r.packets).sum(),
+            total_cost: Money(total_bytes.saturating_mul(price)).to_string(),
+            total_bytes,
+            by_cgroup: rows,
+        }
     }
 }
 

@@ -10,8 +10,11 @@ fn main() -> std::process::ExitCode {
             println!("governor {}", governor::VERSION);
             Ok(())
         }
-        Command::Status { json, socket } => {
-            current_thread().and_then(|rt| rt.block_on(governor::cli::status(json, socket)))
+        Command::Status { json, host, socket } => {
+            current_thread().and_then(|rt| rt.block_on(governor::cli::status(json, host, socket)))
+        }
+        Command::Spend { agent, by, json, socket } => {
+            current_thread().and_then(|rt| rt.block_on(governor::cli::spend(agent, by, json, socket)))
         }
         Command::Run { config } => {
             init_logging();

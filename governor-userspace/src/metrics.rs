@@ -5,9 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
-use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
-use crate::{governor::Governor, status::Status};
+use crate::{accounting::books::BudgetStatus, accounting::money::PICO, governor::Governor, status::Status};
+
+/// The label naming the host-wide budget in budget metrics.
+pub const HOST_LABEL: &str = "(host)";
 
 pub async fn serve(listener: tokio::net::TcpListener, governor: Arc<Governor>) -> anyhow::Result<()> {
     let app = Router::new().route("/metrics", get(scrape)).with_state(governor);
@@ -28,6 +33,91 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntC
     let c = IntCounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
     r.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
     Ok(c)
+}
+
+fn money_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<CounterVec, String> {
+    let c = CounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
+    r.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, String> {
+    let g = GaugeVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
+    r.register(Box::new(g.clone())).map_err(|e| e.to_string())?;
+    Ok(g)
+}
+
+/// Pico-units as currency units: the only place money becomes a float.
+fn units(pico: u64) -> f64 {
+    pico as f64 / PICO as f64
+}
+
+struct BudgetMetrics {
+    limit: GaugeVec,
+    window_spend: GaugeVec,
+    remaining: GaugeVec,
+    used: GaugeVec,
+    crossed: GaugeVec,
+    suspended: GaugeVec,
+}
+
+impl BudgetMetrics {
+    fn new(r: &Registry) -> Result<Self, String> {
+        Ok(Self {
+            limit: gauge(
+                r,
+                "governor_budget_limit",
+                "Budget limit per window, in currency units (agent \"(host)\": the host-wide budget).",
+                &["agent", "currency"],
+            )?,
+            window_spend: gauge(
+                r,
+                "governor_budget_window_spend",
+                "Spend in the current budget window, in currency units.",
+                &["agent", "currency"],
+            )?,
+            remaining: gauge(
+                r,
+                "governor_budget_remaining",
+                "Budget left in the current window, in currency units.",
+                &["agent", "currency"],
+            )?,
+            used: gauge(
+                r,
+                "governor_budget_used_ratio",
+                "Window spend over the limit (1 when suspended at the ceiling or for a zero budget).",
+                &["agent"],
+            )?,
+            crossed: gauge(
+                r,
+                "governor_budget_threshold_crossed",
+                "1 once the threshold (percent) is crossed in the current window.",
+                &["agent", "threshold"],
+            )?,
+            suspended: gauge(
+                r,
+                "governor_budget_suspended",
+                "1 while the budget is exhausted and the agent (or, for \"(host)\", every agent) is suspended.",
+                &["agent"],
+            )?,
+        })
+    }
+
+    fn set(&self, owner: &str, currency: &str, b: &BudgetStatus) {
+        let suspended = b.state == "suspended";
+        self.suspended.with_label_values(&[owner]).set(f64::from(u8::from(suspended)));
+        self.window_spend.with_label_values(&[owner, currency]).set(units(b.window_spend_pico));
+        for t in &b.thresholds {
+            let crossed = b.thresholds_crossed.contains(t);
+            self.crossed.with_label_values(&[owner, &t.to_string()]).set(f64::from(u8::from(crossed)));
+        }
+        if let Some(limit) = b.limit_pico {
+            self.limit.with_label_values(&[owner, currency]).set(units(limit));
+            self.remaining.with_label_values(&[owner, currency]).set(units(limit.saturating_sub(b.window_spend_pico)));
+            let ratio = if suspended || limit == 0 { 1.0 } else { b.window_spend_pico as f64 / limit as f64 };
+            self.used.with_label_values(&[owner]).set(ratio);
+        }
+    }
 }
 
 /// The text exposition of `s`.
@@ -73,9 +163,85 @@ pub fn render(s: &Status) -> Result<String, String> {
     )
     .map_err(|e| e.to_string())?;
     r.register(Box::new(info.clone())).map_err(|e| e.to_string())?;
+    let endpoint_spend = money_counter(
+        &r,
+        "governor_spend_total",
+        "Spend by agent and endpoint at the current prices, in currency units.",
+        &["agent", "endpoint", "currency"],
+    )?;
+    let agent_spend = money_counter(
+        &r,
+        "governor_agent_spend_total",
+        "Everything charged to the agent (the kernel's own total), in currency units.",
+        &["agent", "currency"],
+    )?;
+    let budgets = BudgetMetrics::new(&r)?;
+    let crossings = counter(
+        &r,
+        "governor_budget_threshold_crossings_total",
+        "Threshold crossings since the daemon started.",
+        &["agent", "threshold"],
+    )?;
+    let suspensions = counter(
+        &r,
+        "governor_suspensions_total",
+        "Suspensions at the budget ceiling since the daemon started.",
+        &["agent"],
+    )?;
+    let notifications = counter(
+        &r,
+        "governor_notifications_total",
+        "Notices handed to the hooks, by result (sent, failed).",
+        &["result"],
+    )?;
+    let pending = IntGauge::new("governor_notifications_pending", "Notices recorded and not yet delivered.")
+        .map_err(|e| e.to_string())?;
+    r.register(Box::new(pending.clone())).map_err(|e| e.to_string())?;
+    let cur = s.currency.as_str();
+    let egress_bytes = counter(
+        &r,
+        "governor_host_egress_bytes_total",
+        "Bytes the host sent out of its uplinks, by sending cgroup (agents or not).",
+        &["cgroup"],
+    )?;
+    let egress_packets = counter(
+        &r,
+        "governor_host_egress_packets_total",
+        "Packets the host sent out of its uplinks, by sending cgroup.",
+        &["cgroup"],
+    )?;
+    let egress_cost = money_counter(
+        &r,
+        "governor_host_egress_cost_total",
+        "The host's egress bill by sending cgroup, at host.egress_price_per_gib, in currency units.",
+        &["cgroup", "currency"],
+    )?;
+    for row in &s.host_egress.by_cgroup {
+        egress_bytes.with_label_values(&[row.cgroup.as_str()]).inc_by(row.bytes);
+        egress_packets.with_label_values(&[row.cgroup.as_str()]).inc_by(row.packets);
+        egress_cost.with_label_values(&[row.cgroup.as_str(), cur]).inc_by(units(row.cost_pico));
+    }
 
+    if let Some(b) = &s.host_budget {
+        budgets.set(HOST_LABEL, cur, b);
+    }
+    for (key, n) in &s.threshold_crossings {
+        if let Some((owner, pct)) = key.rsplit_once(':') {
+            crossings.with_label_values(&[owner, pct]).inc_by(*n);
+        }
+    }
+    for (owner, n) in &s.suspensions {
+        suspensions.with_label_values(&[owner.as_str()]).inc_by(*n);
+    }
+    notifications.with_label_values(&["sent"]).inc_by(s.notifications.sent);
+    notifications.with_label_values(&["failed"]).inc_by(s.notifications.failed);
+    pending.set(i64::try_from(s.notifications.pending).unwrap_or(i64::MAX));
     for a in &s.agents {
         state.with_label_values(&[a.name.as_str(), a.state.as_str()]).set(1);
+        if let Some(b) = &a.budget {
+            budgets.set(&a.name, cur, b);
+            agent_spend.with_label_values(&[a.name.as_str(), cur]).inc_by(units(b.spent_total_pico));
+        }
         for e in &a.endpoints {
             let l = |x: &'static str| [a.name.clone(), e.endpoint.clone(), x.to_owned()];
             let c = &e.counters;
@@ -86,6 +252,7 @@ pub fn render(s: &Status) -> Result<String, String> {
             conns.with_label_values(&l("allowed")).inc_by(c.allowed);
             conns.with_label_values(&l("denied")).inc_by(c.denied);
             conns.with_label_values(&l("would_deny")).inc_by(c.would_deny);
+            endpoint_spend.with_label_values(&[a.name.as_str(), e.endpoint.as_str(), cur]).inc_by(units(e.spend_pico));
         }
     }
     received.with_label_values(&[] as &[&str]).inc_by(s.events.received);

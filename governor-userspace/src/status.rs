@@ -25,6 +25,8 @@ pub struct Status {
     pub events: EventStats,
     /// The host-wide budget over all agents.
     pub host_budget: Option<BudgetStatus>,
+    /// What the host sends out of its uplinks, by cgroup, agents or not.
+    pub host_egress: HostEgressStatus,
     pub agents: Vec<AgentStatus>,
     /// The newest deny events, oldest first (bounded).
     pub recent_denials: Vec<DenialRecord>,
@@ -86,4 +88,29 @@ pub struct DenialRecord {
     pub agent: Option<String>,
     #[serde(flatten)]
     pub denial: Denial,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostEgressStatus {
+    /// Uplinks counted (host.interfaces, or the default routes' interfaces).
+    pub interfaces: Vec<String>,
+    /// host.egress_price_per_gib, if set.
+    pub price_per_gib: Option<String>,
+    pub total_bytes: u64,
+    pub total_packets: u64,
+    pub total_cost: String,
+    /// Largest senders first.
+    pub by_cgroup: Vec<HostEgressRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostEgressRow {
+    pub cgroup_id: u64,
+    /// Path below the cgroup2 mount; "(no socket)" for id 0 (forwarded or socketless packets,
+    /// and overflow), "(removed)" for a cgroup that no longer exists.
+    pub cgroup: String,
+    pub bytes: u64,
+    pub packets: u64,
+    pub cost: String,
+    pub cost_pico: u64,
 }

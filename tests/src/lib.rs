@@ -306,6 +306,25 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// Runs `governor ARGS --socket <this daemon's>` and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out =
+            Command::new(governor_bin()).args(args).arg("--socket").arg(&self.socket).output().expect("run governor");
+        assert!(out.status.success(), "governor {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// `GET /metrics` through curl.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://{}/metrics", self.metrics_address()))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl metrics: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
     /// `governor status` (the table), through the real CLI.
     pub fn status_table(&self) -> String {
         let out = Command::new(governor_bin())
@@ -572,4 +591,70 @@ impl Drop for Server {
 /// A free UDP port on loopback with nobody listening (datagrams to it are simply dropped).
 pub fn closed_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp").local_addr().expect("addr").port()
+}
+
+/// A network namespace of the test's own with a veth pair to the host: the host end `host_if`
+/// (`10.213.N.1/30`) stays here, the peer (`10.213.N.2/30`) is inside. Deleted on drop, which
+/// deletes both ends.
+pub struct Netns {
+    pub name: String,
+    pub host_if: String,
+    pub host_addr: String,
+    pub peer_addr: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("ip {args:?}: {e} (install iproute2)"));
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = (std::process::id() as u64 * 7 + N.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
+        let name = unique("governor-test-ns");
+        let (host_if, peer_if) = (format!("gvt{n}h"), format!("gvt{n}p"));
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output(); // a leftover of a crashed run
+        let ns = Self { name, host_if, host_addr: format!("10.213.{n}.1"), peer_addr: format!("10.213.{n}.2") };
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &peer_if]);
+        ip(&["link", "set", &peer_if, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host_addr), "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.peer_addr), "dev", &peer_if]);
+        ip(&["-n", &ns.name, "link", "set", &peer_if, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Starts `governor-workload ARGS` inside the namespace; returns the child once it printed
+    /// its first line (a sink prints "listening").
+    pub fn spawn_workload(&self, args: &[&str]) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+        use std::io::BufRead as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(workload_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start workload in netns");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        out.read_line(&mut first).expect("read workload");
+        assert_eq!(first.trim(), "listening", "workload in netns: {first:?}");
+        (child, out)
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+    }
 }

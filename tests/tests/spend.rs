@@ -93,12 +93,18 @@ fn a_workload_trying_to_spend_ten_times_its_budget_is_stopped_with_no_overshoot(
     );
     let agent = root.path.join("a1");
 
+    let started = std::time::Instant::now();
     let out = workload_with(
         Some(&agent),
         &["send", &sink.addr("127.0.0.1"), "1048576"],
-        &[("GOVERNOR_WORKLOAD_TIMEOUT_MS", "2000")],
+        &[("GOVERNOR_WORKLOAD_TIMEOUT_MS", "5000")],
     );
+    let took = started.elapsed();
     assert!(!out.ok(), "a 10x transfer must not complete: {out:?}");
+    // The established connection is ended (ECONNABORTED from SOCK_DESTROY), not left to hang
+    // until the client's own 5 s timeout.
+    assert_eq!(out.json["errno"], libc::ECONNABORTED, "{out:?}");
+    assert!(took < std::time::Duration::from_secs(4), "the agent waited {took:?} for its error");
 
     let s = daemon.wait_until("suspension", 5, |s| s["agents"][0]["state"] == "suspended");
     let b = &s["agents"][0]["budget"];
@@ -124,10 +130,52 @@ fn a_workload_trying_to_spend_ten_times_its_budget_is_stopped_with_no_overshoot(
     assert!(c.denied >= 1);
     assert!(daemon.agent("a1")["endpoints"][0]["denied_by_reason"]["budget"].as_u64().unwrap() >= 1);
 
+    // Status, spend and metrics say the same.
+    let table = daemon.status_table();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a1 ") && l.contains("suspended") && l.contains("0.100000") && l.contains("total")),
+        "{table}"
+    );
+    let spend: Value =
+        serde_json::from_str(&daemon.cli(&["spend", "--agent", "a1", "--by", "endpoint", "--json"])).unwrap();
+    assert_eq!(spend["agents"][0]["budget"]["window_spend_pico"], spent);
+    assert_eq!(
+        spend["agents"][0]["endpoints"].as_array().unwrap().iter().map(|e| pico(&e["spend_pico"])).sum::<u64>(),
+        spent
+    );
+    let text = daemon.cli(&["spend", "--by", "endpoint"]);
+    assert!(text.contains("a1") && text.contains("suspended") && text.contains("api"), "{text}");
+    let metrics = daemon.metrics();
+    for line in [
+        r#"governor_budget_suspended{agent="a1"} 1"#.to_owned(),
+        r#"governor_budget_limit{agent="a1",currency="USD"} 0.1"#.to_owned(),
+        r#"governor_budget_used_ratio{agent="a1"} 1"#.to_owned(),
+        r#"governor_budget_threshold_crossed{agent="a1",threshold="80"} 1"#.to_owned(),
+        r#"governor_suspensions_total{agent="a1"} 1"#.to_owned(),
+        r#"governor_agent_state{agent="a1",state="suspended"} 1"#.to_owned(),
+        format!(r#"governor_agent_spend_total{{agent="a1",currency="USD"}} {}"#, spent as f64 / PICO as f64),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
+    }
+    let err = std::process::Command::new(governor_tests::governor_bin())
+        .args(["spend", "--agent", "nobody", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no agent named \"nobody\"; agents: a1"));
+
     // The audit log and the notices say what happened, once each.
     let audit = daemon.audit_log();
     let kinds: Vec<&str> = audit.iter().filter(|r| r["agent"] == "a1").map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "suspended").count(), 1, "{kinds:?}");
+    let suspended = audit.iter().find(|r| r["kind"] == "suspended").unwrap();
+    assert_eq!(suspended["details"]["connections_ended"]["destroyed"], 1, "{suspended:#}");
+    eprintln!(
+        "10x run: agent saw its error after {took:?}; sweep took {} us",
+        suspended["details"]["connections_ended"]["micros"]
+    );
     let crossed: Vec<u64> = audit
         .iter()
         .filter(|r| r["kind"] == "threshold_crossed")

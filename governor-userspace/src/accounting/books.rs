@@ -178,6 +178,15 @@ impl Books {
         Ok(out)
     }
 
+    /// Reads every account's spend total from the kernel now, without advancing the ledgers,
+    /// so status shows live spend between ticks.
+    pub fn refresh(&mut self, maps: &KernelMaps) -> Result<(), KernelError> {
+        for a in self.accounts.values_mut() {
+            a.spent = maps.spend(a.slot)?.spent;
+        }
+        Ok(())
+    }
+
     /// Lifts `owner`'s suspension (operator action); the kernel sees it at once.
     pub fn lift(&mut self, owner: &str, maps: &mut KernelMaps) -> Result<bool, KernelError> {
         let Some(a) = self.accounts.get_mut(owner) else { return Ok(false) };

@@ -1,5 +1,6 @@
 //! Command-line interface: argument types here, one file per command group.
 
+mod spend;
 mod status;
 
 use std::path::PathBuf;
@@ -37,9 +38,32 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Show every agent with its counters, read live from the daemon.
-    #[command(after_help = "Examples:\n  sudo governor status\n  sudo governor status --json")]
+    #[command(
+        after_help = "Examples:\n  sudo governor status\n  sudo governor status --host\n  sudo governor status --json"
+    )]
     Status {
         /// Print the daemon's full status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show the host's egress bill by cgroup (every process, agents or not) instead.
+        #[arg(long)]
+        host: bool,
+        /// The daemon's control socket.
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Show what each agent spent: window spend, total, limit, and optionally by endpoint.
+    #[command(
+        after_help = "Examples:\n  sudo governor spend\n  sudo governor spend --agent scanner --by endpoint\n  sudo governor spend --json"
+    )]
+    Spend {
+        /// Only this agent.
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// Break each agent's spend down by endpoint.
+        #[arg(long, value_enum, value_name = "WHAT")]
+        by: Option<SpendBy>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
         /// The daemon's control socket.
@@ -50,6 +74,15 @@ pub enum Command {
     Version,
 }
 
-pub async fn status(json: bool, socket: PathBuf) -> anyhow::Result<()> {
-    status::run(json, &socket).await
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SpendBy {
+    Endpoint,
+}
+
+pub async fn status(json: bool, host: bool, socket: PathBuf) -> anyhow::Result<()> {
+    status::run(json, host, &socket).await
+}
+
+pub async fn spend(agent: Option<String>, by: Option<SpendBy>, json: bool, socket: PathBuf) -> anyhow::Result<()> {
+    spend::run(agent.as_deref(), by, json, &socket).await
 }

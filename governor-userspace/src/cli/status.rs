@@ -2,16 +2,42 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use crate::{control::Client, status::Status};
+use crate::{accounting::books::BudgetStatus, control::Client, status::Status};
 
-pub async fn run(json: bool, socket: &Path) -> anyhow::Result<()> {
+pub async fn run(json: bool, host: bool, socket: &Path) -> anyhow::Result<()> {
     let status: Status = Client::new(socket).get_json("/v1/status").await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", table(&status));
+    match (json, host) {
+        (true, false) => println!("{}", serde_json::to_string_pretty(&status)?),
+        (true, true) => println!("{}", serde_json::to_string_pretty(&status.host_egress)?),
+        (false, true) => print!("{}", host_table(&status)),
+        (false, false) => print!("{}", table(&status)),
     }
     Ok(())
+}
+
+/// The host's egress bill: every sending cgroup, largest first.
+pub fn host_table(s: &Status) -> String {
+    let h = &s.host_egress;
+    let mut out = String::new();
+    let price = h
+        .price_per_gib
+        .as_deref()
+        .map_or_else(|| "no price set (host.egress_price_per_gib)".to_owned(), |p| format!("{p} {}/GiB", s.currency));
+    let _ = writeln!(
+        out,
+        "host egress on {}: {} bytes, {} packets, {} {} ({price})",
+        if h.interfaces.is_empty() { "(no interfaces)".to_owned() } else { h.interfaces.join(", ") },
+        h.total_bytes,
+        h.total_packets,
+        h.total_cost,
+        s.currency
+    );
+    let _ =
+        writeln!(out, "\n{:<48} {:>14} {:>10} {:>14}", "CGROUP", "BYTES", "PACKETS", format!("COST ({})", s.currency));
+    for r in &h.by_cgroup {
+        let _ = writeln!(out, "{:<48} {:>14} {:>10} {:>14}", r.cgroup, r.bytes, r.packets, r.cost);
+    }
+    out
 }
 
 /// The human view: one line per agent, one indented line per endpoint it used.
@@ -49,10 +75,56 @@ pub fn table(s: &Status) -> String {
             row(&mut out, &format!("  {}", e.endpoint), "", "", &e.counters);
         }
     }
+    let _ = writeln!(out, "\n{}", budget_table(s));
     let _ = writeln!(
         out,
-        "\ndeny events: {} received, {} lost (counters unaffected), {} malformed",
-        s.events.received, s.events.lost, s.events.malformed
+        "deny events: {} received, {} lost (counters unaffected), {} malformed; notices: {} sent, {} failed, {} pending",
+        s.events.received,
+        s.events.lost,
+        s.events.malformed,
+        s.notifications.sent,
+        s.notifications.failed,
+        s.notifications.pending
     );
+    out
+}
+
+/// Budgets: spend against limit per agent, and the host's.
+pub fn budget_table(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<10} {:>14} {:>14} {:>6} {:<14} {:<21} {:>14}",
+        "BUDGET",
+        "STATE",
+        format!("SPEND ({})", s.currency),
+        "LIMIT",
+        "USED",
+        "WINDOW",
+        "WINDOW ENDS",
+        "TOTAL SPEND"
+    );
+    let row = |out: &mut String, owner: &str, b: &BudgetStatus| {
+        let limit = match (b.state.as_str(), &b.limit) {
+            (_, None) => "no budget".to_owned(),
+            ("zero", Some(_)) => "0 (zero)".to_owned(),
+            (_, Some(l)) => l.clone(),
+        };
+        let used = b.percent_used.map_or_else(|| "-".to_owned(), |p| format!("{p}%"));
+        let ends = b.window_end.clone().unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:>14} {:>14} {:>6} {:<14} {:<21} {:>14}",
+            owner, b.state, b.window_spend, limit, used, b.window, ends, b.spent_total
+        );
+    };
+    if let Some(h) = &s.host_budget {
+        row(&mut out, "(host)", h);
+    }
+    for a in &s.agents {
+        if let Some(b) = &a.budget {
+            row(&mut out, &a.name, b);
+        }
+    }
     out
 }

@@ -119,11 +119,23 @@ pub struct HostConfig {
     pub thresholds: Spanned<Vec<Spanned<i64>>>,
     #[serde(default)]
     pub on_exhausted: OnExhausted,
+    /// Uplinks whose egress is the host's bill; default: the interfaces of the default routes.
+    #[serde(default)]
+    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    /// What the provider charges per GiB leaving the host, e.g. "0.09".
+    #[serde(default)]
+    pub egress_price_per_gib: Option<Spanned<String>>,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { budget: None, thresholds: default_thresholds(), on_exhausted: OnExhausted::default() }
+        Self {
+            budget: None,
+            thresholds: default_thresholds(),
+            on_exhausted: OnExhausted::default(),
+            interfaces: None,
+            egress_price_per_gib: None,
+        }
     }
 }
 

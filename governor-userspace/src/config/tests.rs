@@ -168,3 +168,85 @@ fn checksum_is_of_the_text() {
     assert_eq!(a.sha256().len(), 64);
     assert_ne!(a.sha256(), b.sha256());
 }
+
+#[test]
+fn spend_settings_load() {
+    let text = GOOD.replace(
+        "mode = \"enforce\"",
+        "mode = \"enforce\"\nbudget = { limit = \"25.00\", window = \"rolling:30m\" }\nthresholds = [25, 50, 100]\non_exhausted = \"alert\"",
+    ) + "[host]\nbudget = { limit = \"1000\", window = \"month\" }\n[notify]\nurl = \"http://127.0.0.1:9000/hook\"\ncommand = [\"/usr/local/bin/page\"]\n";
+    let text = text.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\nprice = { connection = \"0.0004\", mib_sent = \"0.50\", mib_received = \"2.00\" }",
+    );
+    let c = load(&text).unwrap().config;
+    assert_eq!(c.agents[0].on_exhausted, OnExhausted::Alert);
+    assert_eq!(c.agents[0].budget.as_ref().unwrap().get_ref().window.get_ref(), "rolling:30m");
+    assert!(c.host.budget.is_some());
+}
+
+#[test]
+fn bad_budget_values_are_refused_with_a_clear_error() {
+    let with_budget = |b: &str| GOOD.replace("mode = \"enforce\"", &format!("mode = \"enforce\"\n{b}"));
+    let cases = [
+        (with_budget("budget = { limit = \"-5.00\" }"), "agent[0].budget.limit: \"-5.00\" is negative"),
+        (with_budget("budget = { limit = \"lots\" }"), "agent[0].budget.limit: \"lots\" is not a decimal amount"),
+        (with_budget("budget = { limit = \"10000001\" }"), "above the largest accepted amount"),
+        (
+            with_budget("budget = { limit = \"5\", window = \"weekly\" }"),
+            "agent[0].budget.window: unknown window \"weekly\"",
+        ),
+        (with_budget("budget = { limit = \"5\", window = \"rolling:0s\" }"), "must be at least 1s"),
+        (with_budget("budget = { limit = 5 }"), "invalid type: integer `5`, expected a string"),
+        (with_budget("budget = { limit = \"5\", windw = \"day\" }"), "unknown field `windw`"),
+        (
+            with_budget("thresholds = [50, 120]"),
+            "agent[0].thresholds: 120 is not a percentage of the budget (1 to 100)",
+        ),
+        (with_budget("thresholds = [0]"), "0 is not a percentage"),
+        (with_budget("thresholds = [50, 50]"), "50 is listed twice"),
+        (with_budget("on_exhausted = \"panic\""), "unknown variant `panic`"),
+        (
+            GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nprice = { mib_sent = \"-1\" }"),
+            "endpoint[0].price.mib_sent: \"-1\" is negative",
+        ),
+        (
+            GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nprice = { connection = \"x\" }"),
+            "endpoint[0].price.connection",
+        ),
+        (
+            GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nprice = { mib_sent = \"5000\" }"),
+            "above the largest accepted amount, 1000.000000",
+        ),
+        (
+            GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nprice = { per_request = \"1\" }"),
+            "unknown field `per_request`",
+        ),
+        (format!("{GOOD}[host]\nbudget = {{ limit = \"1\", window = \"fortnight\" }}\n"), "host.budget.window"),
+        (format!("{GOOD}[host]\nthresholds = [101]\n"), "host.thresholds: 101"),
+        (format!("{GOOD}[notify]\nurl = \"https://hooks.example/x\"\n"), "https is not supported here"),
+        (format!("{GOOD}[notify]\nurl = \"ftp://x\"\n"), "is not an http:// URL"),
+        (format!("{GOOD}[notify]\ncommand = []\n"), "notify.command: must name a program"),
+        (format!("{GOOD}[notify]\nattempts = 0\n"), "notify.attempts: must be from 1 to 20"),
+        (format!("{GOOD}[notify]\ntimeout = \"soon\"\n"), "notify.timeout"),
+        (GOOD.replace("[daemon]", "[daemon]\ncurrency = \"US dollars\""), "daemon.currency"),
+        (
+            GOOD.replace("[daemon]", "[daemon]\nstate_dir = \"state\""),
+            "daemon.state_dir: \"state\" must be an absolute path",
+        ),
+    ];
+    for (text, needle) in cases {
+        let e = error(&text);
+        assert!(e.contains(needle), "expected {needle:?} in {e}");
+        assert!(e.starts_with("test.toml:"), "{e}");
+    }
+}
+
+#[test]
+fn no_budget_and_a_zero_budget_are_different() {
+    let none = load(GOOD).unwrap().config;
+    assert!(none.agents[0].budget.is_none());
+    let zero =
+        load(&GOOD.replace("mode = \"enforce\"", "mode = \"enforce\"\nbudget = { limit = \"0\" }")).unwrap().config;
+    assert_eq!(zero.agents[0].budget.as_ref().unwrap().get_ref().limit.get_ref(), "0");
+}

@@ -242,6 +242,17 @@ fn validate_daemon(config: &Config) -> Result<(), Problem> {
         validate_budget(b, "host.budget")?;
     }
     validate_thresholds(&host.thresholds, "host.thresholds")?;
+    if let Some(p) = &host.egress_price_per_gib {
+        amount(p, "host.egress_price_per_gib", MAX_MIB_PRICE)?;
+    }
+    if let Some(ifs) = &host.interfaces {
+        for i in ifs.get_ref() {
+            let name = i.get_ref();
+            if name.is_empty() || name.len() > 15 || name.contains('/') || name.chars().any(char::is_whitespace) {
+                return Err(problem(i.span(), "host.interfaces", format!("{name:?} is not an interface name")));
+            }
+        }
+    }
     let n = &config.notify;
     if let Some(url) = &n.url {
         let u = url.get_ref();

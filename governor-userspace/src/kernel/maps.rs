@@ -7,8 +7,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, REASONS, Rule, Spend, StatsKey, TrafficCounters,
-    maps as names,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, HostEgress, REASONS, Rule, Spend, StatsKey,
+    TrafficCounters, maps as names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,7 @@ pub struct KernelMaps {
     control: Array<MapData, Control>,
     spend: Array<MapData, Spend>,
     events_lost: PerCpuArray<MapData, u64>,
+    host_egress: PerCpuHashMap<MapData, u64, HostEgress>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError> {
@@ -80,6 +81,7 @@ impl KernelMaps {
             control: take(ebpf, names::CONTROL)?,
             spend: take(ebpf, names::SPEND)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
+            host_egress: take(ebpf, names::HOST_EGRESS)?,
         })
     }
 
@@ -188,6 +190,31 @@ impl KernelMaps {
             }
         }
         Ok(out)
+    }
+
+    /// The host's egress by sending cgroup id, summed over CPUs (key 0: unattributed).
+    pub fn host_egress(&self) -> Result<BTreeMap<u64, HostEgress>, KernelError> {
+        let mut out = BTreeMap::new();
+        for entry in self.host_egress.iter() {
+            let (cgroup, per_cpu) = entry.map_err(map_err(names::HOST_EGRESS, "read"))?;
+            let e: &mut HostEgress = out.entry(cgroup).or_default();
+            for v in per_cpu.iter() {
+                e.bytes += v.bytes;
+                e.packets += v.packets;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the unattributed bucket (key 0) the TC program falls back to when full.
+    pub fn prepare_host_egress(&mut self) -> Result<(), KernelError> {
+        if self.host_egress.get(&0, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| KernelError::Io { what, source })?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![HostEgress::default(); cpus])
+            .map_err(|source| KernelError::Io { what: "per-CPU values", source })?;
+        self.host_egress.insert(0, zeros, 0).map_err(map_err(names::HOST_EGRESS, "insert"))
     }
 
     /// Events the kernel could not put in the ring buffer because it was full.

@@ -6,13 +6,16 @@ mod events;
 mod link;
 mod maps;
 pub mod pins;
+pub mod sockets;
 
 use std::{fs::File, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink,
+    },
 };
 use governor_common::{GLOBAL_AGENT_LEVEL, maps as map_names, programs};
 
@@ -66,6 +69,14 @@ pub enum KernelError {
     },
     #[error(transparent)]
     Pins(#[from] pins::PinError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface {name} (host.interfaces): {message}")]
+    Interface { name: String, message: String },
 }
 
 /// Loaded programs with pinned maps and links. Dropping it closes the daemon's handles but
@@ -192,14 +203,54 @@ impl Kernel {
     /// Links pinned for an agents root that has since been removed and recreated are defunct
     /// (the kernel detached them with the old cgroup): drop their pins.
     fn forget_links_of_other_cgroups(&self, root_id: u64) {
-        let suffix = format!("@{root_id}");
+        let current = link_name("", root_id);
         if let Ok(entries) = std::fs::read_dir(self.pins.base.join("links")) {
             for e in entries.flatten() {
-                if !e.file_name().to_string_lossy().ends_with(&suffix) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.contains("@cgroup") && !name.ends_with(&current) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
         }
+    }
+
+    /// Counts the host's egress on each of `interfaces` with the TC program (a TCX link on
+    /// 6.6+, pinned like the others and swapped atomically on adoption).
+    pub fn attach_host_egress(&mut self, interfaces: &[String]) -> Result<(), KernelError> {
+        let name = programs::TC_EGRESS;
+        {
+            let prog: &mut SchedClassifier = self.program(name)?;
+            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
+        }
+        for iface in interfaces {
+            let pin = self.pins.link(&format!("{name}@if-{iface}"));
+            let prog: &mut SchedClassifier = self.program(name)?;
+            let fd = prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?;
+            match update_pinned(name, &pin, fd.as_fd()) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    // The interface was recreated: its old link is defunct.
+                    tracing::info!(interface = %iface, error = %e, "re-attaching host egress counting");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+            let _ = aya::programs::tc::qdisc_add_clsact(iface); // needed only before TCX (6.6)
+            let prog: &mut SchedClassifier = self.program(name)?;
+            let id = prog
+                .attach(iface, TcAttachType::Egress)
+                .map_err(|e| KernelError::Interface { name: iface.clone(), message: e.to_string() })?;
+            let link = prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
+            match FdLink::try_from(link) {
+                Ok(fd_link) => pin_link(name, fd_link, &pin)?,
+                // Netlink-attached filters (kernels before 6.6) cannot be pinned; they stay
+                // with the qdisc and are removed by `detach` through the program.
+                Err(e) => {
+                    tracing::warn!(interface = %iface, error = %e, "host egress filter is not pinnable on this kernel")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes every program from the agents root: unpins the links; they die with the last fd.
@@ -222,7 +273,33 @@ impl Kernel {
 
 /// A link's pin name: the program and the id of the cgroup it is attached to.
 fn link_name(program: &str, cgroup_id: u64) -> String {
-    format!("{program}@{cgroup_id}")
+    format!("{program}@cgroup-{cgroup_id}")
+}
+
+/// The interfaces of the default routes (IPv4 and IPv6), from /proc/net: the host's uplinks.
+pub fn default_route_interfaces() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" && f[0] != "lo" {
+                out.push(f[0].to_owned());
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // dest dest_len src src_len next_hop metric refcnt use flags iface
+            if f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" && f[9] != "lo" {
+                out.push(f[9].to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Switches the link pinned at `pin` to `program`. False if there is no such link.

@@ -51,6 +51,10 @@ pub struct Policy {
     pub agents: Vec<CompiledAgent>,
     pub host: BudgetSpec,
     pub currency: String,
+    /// Uplinks to count the host's egress on; None: the default routes' interfaces.
+    pub host_interfaces: Option<Vec<String>>,
+    /// Pico-units per byte leaving the host (rounded up from the per-GiB price).
+    pub host_egress_byte_price: u64,
 }
 
 /// An endpoint's configured prices in pico-units; the config is validated, so amounts parse.
@@ -191,7 +195,22 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
         agents.push(compiled);
     }
     let host = budget_spec(config.host.budget.as_ref(), config.host.thresholds.get_ref(), config.host.on_exhausted);
-    Ok(Policy { endpoints, agents, host, currency: config.daemon.currency.get_ref().clone() })
+    Ok(Policy {
+        endpoints,
+        agents,
+        host,
+        currency: config.daemon.currency.get_ref().clone(),
+        host_interfaces: config
+            .host
+            .interfaces
+            .as_ref()
+            .map(|i| i.get_ref().iter().map(|n| n.get_ref().clone()).collect()),
+        host_egress_byte_price: config
+            .host
+            .egress_price_per_gib
+            .as_ref()
+            .map_or(0, |p| Money::parse(p.get_ref()).expect("validated price").0.div_ceil(1 << 30)),
+    })
 }
 
 fn push_rule(agent: &mut CompiledAgent, protocol: u8, port: u16, cidr: Cidr, rule: Rule) {

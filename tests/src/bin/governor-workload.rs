@@ -5,6 +5,8 @@
 //!   governor-workload udp-send ADDR         sendto() on an unconnected UDP socket
 //!   governor-workload send ADDR N           connect, write N bytes, half-close, wait for EOF
 //!   governor-workload recv ADDR             connect, read until EOF, report the byte count
+//!   governor-workload sink ADDR             listen, print "listening", take one connection,
+//!                                           read it to the end, report the byte count
 //!   governor-workload connect-many ADDR N   N connects at once (threads behind a barrier);
 //!                                           reports how many succeeded and how many got EPERM
 //!
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         ["udp-send", addr] => parse(addr).and_then(udp_send),
         ["send", addr, n] => parse(addr).and_then(|a| send(a, n.parse().expect("byte count"))),
         ["recv", addr] => parse(addr).and_then(recv),
+        ["sink", addr] => parse(addr).and_then(sink),
         ["connect-many", addr, n] => parse(addr).and_then(|a| connect_many(a, n.parse().expect("count"))),
         _ => {
             eprintln!("usage: governor-workload connect|udp-send|send|recv ADDR [N]");
@@ -130,4 +133,21 @@ fn connect_many(addr: SocketAddr, n: usize) -> std::io::Result<Done> {
         }
     }
     Ok(done)
+}
+
+fn sink(addr: SocketAddr) -> std::io::Result<Done> {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind(addr)?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let (mut conn, _) = listener.accept()?;
+    conn.set_read_timeout(Some(timeout()))?;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match conn.read(&mut buf)? {
+            0 => return Ok(Done { bytes: total, ..Done::default() }),
+            k => total += k as u64,
+        }
+    }
 }
