@@ -341,3 +341,62 @@ fn the_host_budget_binds_every_agent_and_the_stricter_budget_wins() {
     assert_eq!(daemon.budget("a1")["window_spend_pico"], PICO / 10);
     assert_eq!(daemon.budget("a2")["state"], "none");
 }
+
+/// A loopback HTTP receiver that records each POSTed body; answers 500 to the first request so
+/// the hook's retry is exercised.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().take(20).enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if n > 0 {
+                got2.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+            }
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn notices_are_posted_to_the_url_hook_with_retries() {
+    if !privileged("notices_are_posted_to_the_url_hook_with_retries") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let (port, got) = receiver();
+    let config = format!(
+        "{}[notify]\nurl = \"http://127.0.0.1:{port}/governor\"\nattempts = 3\n",
+        agent_with(&api(sink.port, r#"{ connection = "0.30" }"#), "budget = { limit = \"1.00\", window = \"total\" }")
+    );
+    let daemon = Daemon::start(&root, &config);
+    let agent = root.path.join("a1");
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    daemon.wait_until("50% notice posted", 10, |s| s["notifications"]["sent"].as_u64() >= Some(1));
+    let bodies = got.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    assert_eq!((bodies[0]["kind"].as_str(), bodies[0]["percent"].as_u64()), (Some("threshold_crossed"), Some(50)));
+    assert_eq!(bodies[0]["window_spend"], "0.600000");
+    assert_eq!(daemon.status()["notifications"]["failed"], 0, "the first attempt failed, the retry succeeded");
+}
