@@ -64,6 +64,8 @@ pub const ENDPOINT_UNLISTED: u32 = 0;
 pub const REASON_NOT_ALLOWLISTED: u8 = 1;
 /// The agent's (or the host's) budget ceiling is reached: the agent is suspended.
 pub const REASON_BUDGET: u8 = 2;
+/// An operator paused the agent, or it waits at an oversight checkpoint.
+pub const REASON_PAUSED: u8 = 3;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
 pub const REASONS: usize = 8;
 
@@ -75,6 +77,8 @@ pub const SLOTS: u32 = MAX_AGENTS + 1;
 /// `Control::flags`: refuse and drop once the ceiling is reached (`on_exhausted = "suspend"`).
 /// Without it the ceiling is not enforced (`"alert"`, or no budget).
 pub const CONTROL_ENFORCE_CEILING: u32 = 1;
+/// `Control::flags`: paused by an operator or a checkpoint: refuse connects, drop packets.
+pub const CONTROL_PAUSED: u32 = 2;
 
 /// `DenyEvent::verdict`: the call failed with EPERM.
 pub const VERDICT_DENIED: u8 = 1;

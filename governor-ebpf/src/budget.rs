@@ -9,27 +9,37 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use governor_common::{CONTROL_ENFORCE_CEILING, HOST_SLOT};
+use governor_common::{CONTROL_ENFORCE_CEILING, CONTROL_PAUSED, HOST_SLOT, REASON_BUDGET, REASON_PAUSED};
 
 use crate::maps::{CONTROL, SPEND};
 
-/// Whether `slot` has reached its ceiling in the current generation (suspended).
+/// Why `slot` may not send now: REASON_PAUSED, REASON_BUDGET (its ceiling was reached in the
+/// current generation), or 0.
 #[inline(always)]
-pub fn suspended(slot: u32) -> bool {
+fn blocked(slot: u32) -> u8 {
     let Some(control) = CONTROL.get(slot) else {
-        return false;
+        return 0;
     };
     let (generation, flags) = (control.generation, control.flags);
+    if flags & CONTROL_PAUSED != 0 {
+        return REASON_PAUSED;
+    }
     let Some(spend) = SPEND.get(slot) else {
-        return false;
+        return 0;
     };
-    flags & CONTROL_ENFORCE_CEILING != 0 && spend.exhausted_generation == generation
+    if flags & CONTROL_ENFORCE_CEILING != 0 && spend.exhausted_generation == generation {
+        return REASON_BUDGET;
+    }
+    0
 }
 
-/// Whether the agent in `slot` or the host is suspended.
+/// Why the agent in `slot` may not send now (its own state first, then the host's), or 0.
 #[inline(always)]
-pub fn agent_suspended(slot: u32) -> bool {
-    suspended(slot) || suspended(HOST_SLOT)
+pub fn agent_blocked(slot: u32) -> u8 {
+    match blocked(slot) {
+        0 => blocked(HOST_SLOT),
+        reason => reason,
+    }
 }
 
 /// Charges `cost` to `slot`. Returns false, charging nothing and marking the slot exhausted,

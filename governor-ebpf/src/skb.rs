@@ -43,8 +43,8 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     if tag.agent_id == NO_AGENT {
         return PASS;
     }
-    // A suspended agent's established connections carry no further payload.
-    if budget::agent_suspended(tag.slot) {
+    // A suspended or paused agent's established connections carry no further payload.
+    if budget::agent_blocked(tag.slot) != 0 {
         return DROP;
     }
     let len = u64::from(ctx.len());

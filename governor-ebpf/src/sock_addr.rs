@@ -67,8 +67,9 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if !listed && agent.mode == MODE_ENFORCE {
         return deny(REASON_NOT_ALLOWLISTED);
     }
-    if budget::agent_suspended(agent.slot) {
-        return deny(REASON_BUDGET);
+    let blocked = budget::agent_blocked(agent.slot);
+    if blocked != 0 {
+        return deny(blocked);
     }
     let tag = socket_tag(ctx);
     if !listed {

@@ -78,6 +78,7 @@ impl AgentTable {
         maps.install_rules(&policy.agents)?;
         for a in &policy.agents {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
+            books.set_checkpoints(&a.name, a.checkpoints.clone());
             let cgroup_id = root.ensure_agent(&a.cgroup)?;
             let agent = Agent {
                 id: a.id,

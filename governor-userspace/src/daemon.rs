@@ -30,6 +30,8 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 const ACCOUNTING_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the state is saved when nothing needs an immediate save.
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often each agent's allowed traffic is summarized in the audit log.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match &config_path {
@@ -44,9 +46,15 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let state_dir = d.state_dir.get_ref().clone();
     state::prepare_dir(&state_dir)?;
     let saved = state::load(&state_dir)?;
-    let mut audit = AuditLog::open(d.audit_log.get_ref())?;
+    let mut audit =
+        AuditLog::open(d.audit_log.get_ref(), *d.audit_max_bytes.get_ref() as u64, *d.audit_keep.get_ref() as u32)?;
 
-    let control_listener = control::bind(d.socket.get_ref())?;
+    let groups = control::auth::AccessGroups::resolve(
+        d.read_group.as_ref().map(|g| g.get_ref().as_str()),
+        d.admin_group.as_ref().map(|g| g.get_ref().as_str()),
+    )?;
+    let socket_group = groups.read.as_ref().or(groups.admin.as_ref()).map(|(_, gid)| *gid);
+    let control_listener = control::bind(d.socket.get_ref(), socket_group)?;
     let metrics_addr: std::net::SocketAddr = d.metrics.get_ref().parse().expect("validated address");
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
@@ -80,6 +88,11 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "pid": std::process::id(),
         }),
     )?;
+    audit.append(
+        "policy_loaded",
+        None,
+        json!({ "config": config.source_name.display().to_string(), "sha256": config.sha256(), "agents": policy.agents.len(), "endpoints": policy.endpoints.len() }),
+    )?;
     tracing::info!(
         version = crate::VERSION,
         config = %config.source_name.display(),
@@ -109,6 +122,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tally: Default::default(),
         notify: hooks.any().then_some(notify_tx.clone()),
         host_interfaces,
+        groups,
         cgroup_paths: Default::default(),
         config,
     });
@@ -205,6 +219,7 @@ async fn read_events(
 /// Advances the books on a timer, and at once when the kernel reports a budget event.
 async fn account(governor: Arc<Governor>, budget_event: Arc<tokio::sync::Notify>) -> anyhow::Result<()> {
     let mut last_save = std::time::Instant::now();
+    let mut last_summary = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ACCOUNTING_INTERVAL) => {}
@@ -214,8 +229,19 @@ async fn account(governor: Arc<Governor>, budget_event: Arc<tokio::sync::Notify>
         if save {
             last_save = std::time::Instant::now();
         }
+        let summarize = last_summary.elapsed() >= SUMMARY_INTERVAL;
+        if summarize {
+            last_summary = std::time::Instant::now();
+        }
         let g = governor.clone();
-        match tokio::task::spawn_blocking(move || g.tick(unix_now(), save)).await {
+        match tokio::task::spawn_blocking(move || {
+            if summarize {
+                g.summarize_traffic();
+            }
+            g.tick(unix_now(), save)
+        })
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "accounting tick failed; will retry"),
             Err(e) => tracing::error!(error = %e, "accounting tick panicked; will retry"),

@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use governor_common::{ENDPOINT_UNLISTED, Prices};
@@ -28,23 +28,53 @@ use crate::{
     policy::Policy,
     status::{
         AgentStatus, DenialRecord, EndpointStatus, EventStats, HostEgressRow, HostEgressStatus, NotificationStats,
-        Status, UNLISTED_ENDPOINT,
+        PauseStatus, Status, UNLISTED_ENDPOINT,
     },
 };
 
 /// How many recent deny events status keeps.
 const RECENT_DENIALS: usize = 100;
 
+/// Example destinations kept per aggregated denial record.
+const DENIAL_EXAMPLES: usize = 3;
+
 #[derive(Default)]
 pub struct EventLog {
     pub received: u64,
     pub malformed: u64,
     pub recent: VecDeque<Denial>,
+    /// Denials since the last flush to the audit log, by (agent id, reason, verdict, hook):
+    /// a count and a few example destinations. A scan of a million addresses makes a few
+    /// records a second, not a million.
+    pub pending: BTreeMap<DenialKey, (u64, Vec<String>)>,
+}
+
+/// What denials are aggregated by in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DenialKey {
+    pub agent_id: u32,
+    pub reason: String,
+    pub verdict: String,
+    pub hook: String,
 }
 
 impl EventLog {
     pub fn push(&mut self, d: Denial) {
         self.received += 1;
+        let key = DenialKey {
+            agent_id: d.agent_id,
+            reason: d.reason.clone(),
+            verdict: d.verdict.clone(),
+            hook: d.hook.clone(),
+        };
+        let entry = self.pending.entry(key).or_default();
+        entry.0 += 1;
+        if entry.1.len() < DENIAL_EXAMPLES
+            && let Some(dest) = &d.destination
+            && !entry.1.contains(dest)
+        {
+            entry.1.push(dest.clone());
+        }
         if self.recent.len() == RECENT_DENIALS {
             self.recent.pop_front();
         }
@@ -68,6 +98,8 @@ pub struct Tally {
     /// Notices recorded and not yet delivered (saved with the state).
     pub outbox: Vec<serde_json::Value>,
     pub next_notice: u64,
+    /// Per agent: the totals at the last traffic summary written to the audit log.
+    pub summarized: BTreeMap<String, AgentCounters>,
 }
 
 pub struct Governor {
@@ -84,6 +116,8 @@ pub struct Governor {
     pub notify: Option<mpsc::Sender<serde_json::Value>>,
     /// Uplinks the host's egress is counted on.
     pub host_interfaces: Vec<String>,
+    /// Who may read and who may control, for the control socket.
+    pub groups: Arc<crate::control::auth::AccessGroups>,
     /// Cgroup id -> path cache for naming host egress, refreshed at most once a second.
     pub cgroup_paths: Mutex<(Option<std::time::Instant>, std::collections::HashMap<u64, String>)>,
 }
@@ -143,12 +177,30 @@ impl Governor {
     /// never lose": the state (with the crossing and the outbox entry) is saved first, then the
     /// audit record is written, then the notice is queued for the hooks.
     pub fn tick(&self, now: i64, force_save: bool) -> Result<(), KernelError> {
-        let (notices, saved) = {
+        self.flush_denials();
+        let (notices, checkpoints, saved) = {
             let mut core = self.core();
-            let Core { maps, books, .. } = &mut *core;
+            let Core { maps, books, agents } = &mut *core;
             let notices = books.tick(now, maps)?;
-            (notices, books.saved(now, Vec::new()))
+            let need_counts = books.accounts().any(|a| a.checkpoints.every_connections.is_some());
+            let counters = if need_counts { maps.counters()? } else { BTreeMap::new() };
+            let connections = |owner: &str| -> u64 {
+                let Some(id) = agents.by_name(owner).map(|a| a.id) else { return 0 };
+                counters.iter().filter(|(k, _)| k.agent_id == id).map(|(_, c)| c.allowed).sum()
+            };
+            let checkpoints = books.checkpoints(now, connections, maps)?;
+            (notices, checkpoints, books.saved(now, Vec::new()))
         };
+        for (agent, milestone) in &checkpoints {
+            tracing::warn!(agent, milestone, "checkpoint reached: paused until `governor ack`");
+            let _ = self.audit("checkpoint", Some(agent), json!({ "milestone": milestone }));
+            if let Some(tx) = &self.notify {
+                let body = json!({ "id": format!("{agent}-checkpoint-{now}"), "kind": "checkpoint", "scope": "agent", "agent": agent, "milestone": milestone, "time": rfc3339(now) });
+                self.tally().outbox.push(body.clone());
+                let _ = tx.try_send(body);
+            }
+        }
+        let force_save = force_save || !checkpoints.is_empty();
         let mut queued = Vec::new();
         {
             let mut tally = self.tally();
@@ -215,6 +267,49 @@ impl Governor {
                 tracing::error!(owner, error = %e, "could not end the suspended agent's connections; their packets are still dropped");
                 json!({ "error": e.to_string() })
             }
+        }
+    }
+
+    /// Writes one `traffic` record per agent whose counters moved since the last summary: the
+    /// allowed side of the audit trail (the kernel counters keep every single connection).
+    pub fn summarize_traffic(&self) {
+        let Ok(status) = self.status() else { return };
+        let mut tally = self.tally();
+        for a in &status.agents {
+            let last = tally.summarized.get(&a.name).cloned().unwrap_or_default();
+            if last == a.totals {
+                continue;
+            }
+            let d = |now: u64, was: u64| now.saturating_sub(was);
+            let details = json!({
+                "allowed": d(a.totals.allowed, last.allowed),
+                "denied": d(a.totals.denied, last.denied),
+                "would_deny": d(a.totals.would_deny, last.would_deny),
+                "tx_bytes": d(a.totals.tx_bytes, last.tx_bytes),
+                "rx_bytes": d(a.totals.rx_bytes, last.rx_bytes),
+                "window_spend": a.budget.as_ref().map(|b| b.window_spend.clone()),
+            });
+            if self.audit("traffic", Some(&a.name), details).is_ok() {
+                tally.summarized.insert(a.name.clone(), a.totals.clone());
+            }
+        }
+    }
+
+    /// Writes the denials gathered since the last flush as aggregated audit records.
+    pub fn flush_denials(&self) {
+        let pending = std::mem::take(&mut self.events().pending);
+        if pending.is_empty() {
+            return;
+        }
+        let names: BTreeMap<u32, String> = self.core().agents.iter().map(|a| (a.id, a.name.clone())).collect();
+        for (DenialKey { agent_id, reason, verdict, hook }, (count, examples)) in pending {
+            let agent = names.get(&agent_id).cloned().unwrap_or_else(|| format!("(agent {agent_id:#x})"));
+            let kind = if verdict == "would_deny" { "would_deny" } else { "denied" };
+            let _ = self.audit(
+                kind,
+                Some(&agent),
+                json!({ "reason": reason, "hook": hook, "count": count, "examples": examples }),
+            );
         }
     }
 
@@ -285,7 +380,16 @@ impl Governor {
                     .collect();
                 endpoints.sort_by(|x, y| x.endpoint.cmp(&y.endpoint));
                 let budget = core.books.status(&a.name, now);
+                let paused = core.books.account(&a.name).and_then(|acc| acc.paused.clone()).map(|p| PauseStatus {
+                    waited_seconds: (now - p.since).max(0) as u64,
+                    since: rfc3339(p.since),
+                    kind: p.kind,
+                    reason: p.reason,
+                    by: p.by,
+                });
                 let state = match (a.cgroup_id, a.mode, &budget) {
+                    _ if paused.as_ref().is_some_and(|p| p.kind == "checkpoint") => "checkpoint",
+                    _ if paused.is_some() => "paused",
                     (_, _, Some(b)) if b.state == "suspended" => "suspended",
                     (None, _, _) => "absent",
                     (Some(_), Mode::Enforce, _) => "enforcing",
@@ -300,6 +404,7 @@ impl Governor {
                     state: state.to_owned(),
                     totals,
                     budget,
+                    paused,
                     endpoints,
                 }
             })

@@ -15,6 +15,7 @@ pub mod governor;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;
+pub mod oversight;
 pub mod policy;
 pub mod status;
 

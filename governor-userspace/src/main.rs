@@ -13,6 +13,37 @@ fn main() -> std::process::ExitCode {
         Command::Status { json, host, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::status(json, host, socket)))
         }
+        Command::Pause { agent, all: _, reason, socket } => current_thread().and_then(|rt| {
+            rt.block_on(governor::cli::control("pause", agent.as_deref(), reason.as_deref(), None, &socket))
+        }),
+        Command::Resume { agent, all: _, socket } => current_thread()
+            .and_then(|rt| rt.block_on(governor::cli::control("resume", agent.as_deref(), None, None, &socket))),
+        Command::Kill { agent, socket } => current_thread()
+            .and_then(|rt| rt.block_on(governor::cli::control("kill", Some(&agent), None, None, &socket))),
+        Command::Ack { agent, note, socket } => current_thread()
+            .and_then(|rt| rt.block_on(governor::cli::control("ack", Some(&agent), None, note.as_deref(), &socket))),
+        Command::Events { agent, kind, since, follow, json, socket } => current_thread().and_then(|rt| {
+            rt.block_on(governor::cli::events(
+                agent.as_deref(),
+                kind.as_deref(),
+                since.as_deref(),
+                follow,
+                json,
+                &socket,
+            ))
+        }),
+        Command::Audit(governor::cli::AuditCommand::Verify { file, socket }) => {
+            current_thread().and_then(|rt| rt.block_on(governor::cli::audit_verify(file, &socket)))
+        }
+        Command::Top { count, socket } => {
+            current_thread().and_then(|rt| rt.block_on(governor::cli::top(count, &socket)))
+        }
+        Command::Exec { agent, user, allow_root, socket, command } => {
+            match governor::cli::exec(&agent, user.as_deref(), allow_root, &socket, &command) {
+                Ok(code) => return std::process::ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => Err(e),
+            }
+        }
         Command::Spend { agent, by, json, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::spend(agent, by, json, socket)))
         }

@@ -236,6 +236,26 @@ pub fn render(s: &Status) -> Result<String, String> {
     notifications.with_label_values(&["sent"]).inc_by(s.notifications.sent);
     notifications.with_label_values(&["failed"]).inc_by(s.notifications.failed);
     pending.set(i64::try_from(s.notifications.pending).unwrap_or(i64::MAX));
+    let paused = gauge(
+        &r,
+        "governor_agent_paused",
+        "1 while the agent is paused, by kind (operator, checkpoint).",
+        &["agent", "kind"],
+    )?;
+    let pending = gauge(
+        &r,
+        "governor_checkpoint_pending_seconds",
+        "How long the agent has waited at a checkpoint for `governor ack`.",
+        &["agent"],
+    )?;
+    for a in &s.agents {
+        if let Some(p) = &a.paused {
+            paused.with_label_values(&[a.name.as_str(), p.kind.as_str()]).set(1.0);
+            if p.kind == "checkpoint" {
+                pending.with_label_values(&[a.name.as_str()]).set(p.waited_seconds as f64);
+            }
+        }
+    }
     for a in &s.agents {
         state.with_label_values(&[a.name.as_str(), a.state.as_str()]).set(1);
         if let Some(b) = &a.budget {

@@ -64,12 +64,24 @@ pub struct AgentStatus {
     pub cgroup_id: Option<u64>,
     pub source: Source,
     pub mode: Mode,
-    /// `suspended` (budget exhausted), `enforcing`, `observing`, or `absent` (its cgroup does
-    /// not exist now).
+    /// `paused` (by an operator), `checkpoint` (waiting for `governor ack`), `suspended` (budget
+    /// exhausted), `enforcing`, `observing`, or `absent` (its cgroup does not exist now).
     pub state: String,
     pub totals: AgentCounters,
     pub budget: Option<BudgetStatus>,
+    /// Set while paused by an operator or waiting at a checkpoint.
+    pub paused: Option<PauseStatus>,
     pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseStatus {
+    /// `operator` or `checkpoint` (a pending checkpoint waits for `governor ack`).
+    pub kind: String,
+    pub reason: String,
+    pub since: String,
+    pub waited_seconds: u64,
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

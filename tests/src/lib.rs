@@ -169,6 +169,39 @@ pub fn run_in(cgroup: &Path, mut cmd: Command) -> Output {
     out
 }
 
+/// Starts `cmd` in `cgroup` (placed before exec) without waiting for it.
+pub fn spawn_in(cgroup: &Path, mut cmd: Command) -> Child {
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cgroup.display()));
+    let fd = procs.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (write) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// Makes `cmd` run as `uid`/`gid` with only `gid` as its group (the test runs as root).
+pub fn as_user(cmd: &mut Command, uid: u32, gid: u32) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let groups = [gid];
+            if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The outcome of one `governor-workload` run.
 #[derive(Debug)]
 pub struct Outcome {
@@ -304,6 +337,11 @@ impl Daemon {
             self.log()
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Runs `governor ARGS --socket <this daemon's>` and returns its output, whatever the exit.
+    pub fn cli_output(&self, args: &[&str]) -> Output {
+        Command::new(governor_bin()).args(args).arg("--socket").arg(&self.socket).output().expect("run governor")
     }
 
     /// Runs `governor ARGS --socket <this daemon's>` and returns its standard output.

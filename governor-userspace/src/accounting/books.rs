@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use governor_common::{HOST_SLOT, MAX_AGENTS, Prices};
-use serde::Serialize;
+use governor_common::{CONTROL_PAUSED, Control, HOST_SLOT, MAX_AGENTS, Prices};
+use serde::{Deserialize, Serialize};
 
 use super::{
     budget::{BudgetSpec, Ledger, Notice},
@@ -35,6 +35,55 @@ pub struct Account {
     pub ledger: Ledger,
     /// The kernel's spend total at the last tick.
     pub spent: u64,
+    /// Paused by an operator or waiting at a checkpoint; the kernel refuses while set.
+    pub paused: Option<Pause>,
+    pub checkpoints: CheckpointSpec,
+    pub marks: Marks,
+}
+
+impl Account {
+    /// What the kernel must enforce: the budget's ceiling, and the pause.
+    fn control(&self) -> Control {
+        let mut c = self.ledger.control(&self.spec);
+        if self.paused.is_some() {
+            c.flags |= CONTROL_PAUSED;
+        }
+        c
+    }
+}
+
+/// Why and since when an agent is paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// `operator` or `checkpoint`.
+    pub kind: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub since: i64,
+    /// Who paused it (an operator's uid, user name and pid), if a person did.
+    pub by: Option<String>,
+}
+
+/// Oversight milestones: reaching any pauses the agent until an operator acknowledges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointSpec {
+    pub every_spend: Option<Money>,
+    pub every_secs: Option<i64>,
+    pub every_connections: Option<u64>,
+}
+
+impl CheckpointSpec {
+    pub fn any(&self) -> bool {
+        self.every_spend.is_some() || self.every_secs.is_some() || self.every_connections.is_some()
+    }
+}
+
+/// Where the agent stood at its last acknowledged checkpoint (or its start).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marks {
+    pub spent: u64,
+    pub time: i64,
+    pub connections: u64,
 }
 
 /// A budget's state as status reports it.
@@ -115,6 +164,7 @@ impl Books {
             return Ok(a.slot);
         }
         let saved = self.retired.remove(owner);
+        let saved_extra = saved.as_ref().map(|s| (s.paused.clone(), s.marks.clone()));
         let slot = match (fixed_slot, &saved) {
             (Some(s), _) => s,
             (None, Some(s)) => s.slot,
@@ -139,8 +189,18 @@ impl Books {
             let exhausted = if ledger.suspended { ledger.generation } else { 0 };
             maps.seed_spend(slot, spent, exhausted)?;
         }
-        let account = Account { owner: owner.to_owned(), slot, spec, ledger, spent };
-        maps.set_control(slot, account.ledger.control(&account.spec))?;
+        let (paused, marks) = saved_extra.unwrap_or((None, Marks { spent, time: now, connections: 0 }));
+        let account = Account {
+            owner: owner.to_owned(),
+            slot,
+            spec,
+            ledger,
+            spent,
+            paused,
+            checkpoints: CheckpointSpec::default(),
+            marks,
+        };
+        maps.set_control(slot, account.control())?;
         self.accounts.insert(owner.to_owned(), account);
         Ok(slot)
     }
@@ -166,11 +226,11 @@ impl Books {
         for a in self.accounts.values_mut() {
             let spend = maps.spend(a.slot)?;
             a.spent = spend.spent;
-            let before = a.ledger.control(&a.spec);
+            let before = a.control();
             for n in a.ledger.tick(&a.spec, now, spend.spent, spend.exhausted_generation) {
                 out.push((a.owner.clone(), n));
             }
-            let after = a.ledger.control(&a.spec);
+            let after = a.control();
             if after != before || maps.control(a.slot)? != after {
                 maps.set_control(a.slot, after)?;
             }
@@ -187,19 +247,90 @@ impl Books {
         Ok(())
     }
 
-    /// Lifts `owner`'s suspension (operator action); the kernel sees it at once.
-    pub fn lift(&mut self, owner: &str, maps: &mut KernelMaps) -> Result<bool, KernelError> {
+    /// Pauses `owner`; when this returns the kernel refuses its connects and drops its packets.
+    /// False if there is no such account.
+    pub fn pause(&mut self, owner: &str, pause: Pause, maps: &mut KernelMaps) -> Result<bool, KernelError> {
         let Some(a) = self.accounts.get_mut(owner) else { return Ok(false) };
-        a.ledger.lift();
-        maps.set_control(a.slot, a.ledger.control(&a.spec))?;
+        a.paused = Some(pause);
+        maps.set_control(a.slot, a.control())?;
         Ok(true)
+    }
+
+    /// Resumes `owner`: lifts a pause, a pending checkpoint (its milestones start again from
+    /// here) and a budget suspension. The kernel sees it when this returns.
+    pub fn resume(
+        &mut self,
+        owner: &str,
+        now: i64,
+        maps: &mut KernelMaps,
+    ) -> Result<Option<Option<Pause>>, KernelError> {
+        let Some(a) = self.accounts.get_mut(owner) else { return Ok(None) };
+        let was = a.paused.take();
+        if was.as_ref().is_some_and(|p| p.kind == "checkpoint") {
+            a.marks = Marks { spent: a.spent, time: now, connections: a.marks.connections };
+        }
+        if a.ledger.suspended {
+            a.ledger.lift();
+        }
+        maps.set_control(a.slot, a.control())?;
+        Ok(Some(was))
+    }
+
+    /// Sets `owner`'s checkpoint milestones (from the config).
+    pub fn set_checkpoints(&mut self, owner: &str, spec: CheckpointSpec) {
+        if let Some(a) = self.accounts.get_mut(owner) {
+            a.checkpoints = spec;
+        }
+    }
+
+    /// Pauses every agent that reached a checkpoint milestone. `connections` gives an owner's
+    /// allowed connections so far. Returns (owner, milestone) for each new checkpoint.
+    pub fn checkpoints(
+        &mut self,
+        now: i64,
+        connections: impl Fn(&str) -> u64,
+        maps: &mut KernelMaps,
+    ) -> Result<Vec<(String, String)>, KernelError> {
+        let mut out = Vec::new();
+        for a in self.accounts.values_mut().filter(|a| a.checkpoints.any() && a.paused.is_none()) {
+            let conns = connections(&a.owner);
+            if a.marks.connections > conns {
+                a.marks.connections = conns; // counters restarted (fresh maps)
+            }
+            let c = &a.checkpoints;
+            let milestone = if c.every_spend.is_some_and(|s| a.spent.saturating_sub(a.marks.spent) >= s.0) {
+                Some(format!("spend reached {} since the last checkpoint", c.every_spend.unwrap_or_default()))
+            } else if c.every_secs.is_some_and(|s| now - a.marks.time >= s) {
+                Some(format!("{} s elapsed since the last checkpoint", c.every_secs.unwrap_or_default()))
+            } else if c.every_connections.is_some_and(|n| conns - a.marks.connections >= n) {
+                Some(format!("{} connections since the last checkpoint", c.every_connections.unwrap_or_default()))
+            } else {
+                None
+            };
+            if let Some(m) = milestone {
+                a.marks.connections = conns;
+                a.paused = Some(Pause { kind: "checkpoint".into(), reason: m.clone(), since: now, by: None });
+                maps.set_control(a.slot, a.control())?;
+                out.push((a.owner.clone(), m));
+            }
+        }
+        Ok(out)
     }
 
     /// What to save: every account and every retired one.
     pub fn saved(&self, now: i64, outbox: Vec<serde_json::Value>) -> SavedState {
         let mut budgets = self.retired.clone();
         for a in self.accounts.values() {
-            budgets.insert(a.owner.clone(), SavedBudget { slot: a.slot, spent: a.spent, ledger: a.ledger.clone() });
+            budgets.insert(
+                a.owner.clone(),
+                SavedBudget {
+                    slot: a.slot,
+                    spent: a.spent,
+                    ledger: a.ledger.clone(),
+                    paused: a.paused.clone(),
+                    marks: a.marks.clone(),
+                },
+            );
         }
         SavedState { version: 1, currency: self.currency.clone(), saved_at: now, budgets, outbox }
     }

@@ -35,6 +35,11 @@ pub struct SavedBudget {
     /// The kernel's spend total (pico-units) when saved.
     pub spent: u64,
     pub ledger: Ledger,
+    /// A pause (operator's or a checkpoint's) survives restarts.
+    #[serde(default)]
+    pub paused: Option<super::books::Pause>,
+    #[serde(default)]
+    pub marks: super::books::Marks,
 }
 
 pub const HOST: &str = "(host)";
@@ -117,7 +122,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
         let mut s = SavedState { currency: "USD".into(), ..Default::default() };
-        s.budgets.insert("a".into(), SavedBudget { slot: 3, spent: 77, ledger: Ledger::new(5, 70) });
+        s.budgets
+            .insert("a".into(), SavedBudget { slot: 3, spent: 77, ledger: Ledger::new(5, 70), ..Default::default() });
         save(dir.path(), &s).unwrap();
         let back = load(dir.path()).unwrap().unwrap();
         assert_eq!(back.budgets["a"].spent, 77);

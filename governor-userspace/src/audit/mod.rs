@@ -1,6 +1,9 @@
 //! The audit log: append-only JSON Lines, one record per action. Each record carries a sequence
 //! number and the SHA-256 of the previous record's line, so a deleted, reordered or edited
-//! record breaks the chain. A record is on disk (fsync) before `append` returns.
+//! record breaks the chain. A record is on disk (fsync) before `append` returns. The log rotates
+//! by size (`audit.jsonl.1` is the newest rotated file) and the chain runs on across files.
+
+pub mod verify;
 
 use std::{
     fs::{File, OpenOptions},
@@ -43,8 +46,33 @@ pub enum AuditError {
 pub struct AuditLog {
     path: PathBuf,
     file: File,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
     next_seq: u64,
     prev: String,
+    live: tokio::sync::broadcast::Sender<String>,
+}
+
+/// The files of a rotated log, oldest first: `path.N`, ..., `path.1`, `path`.
+pub fn files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u32, PathBuf)> = Vec::new();
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = file.strip_prefix(&format!("{name}.")).and_then(|n| n.parse::<u32>().ok()) {
+                rotated.push((n, e.path()));
+            }
+        }
+    }
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if path.exists() {
+        out.push(path.to_owned());
+    }
+    out
 }
 
 pub fn hash_line(line: &str) -> String {
@@ -52,15 +80,23 @@ pub fn hash_line(line: &str) -> String {
 }
 
 impl AuditLog {
-    /// Opens (creating) the log and picks the chain up from its last record.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    /// Opens (creating) the log and picks the chain up from its last record (in the newest
+    /// rotated file if the current one is empty).
+    pub fn open(path: &Path, max_bytes: u64, keep: u32) -> Result<Self, AuditError> {
         let io = |op| move |source| AuditError::Io { path: path.to_owned(), op, source };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io("create its directory"))?;
         }
         let mut file =
             OpenOptions::new().read(true).append(true).create(true).mode(0o640).open(path).map_err(io("open"))?;
-        let (next_seq, prev) = match last_line(&mut file).map_err(io("read"))? {
+        let mut last = last_line(&mut file).map_err(io("read"))?;
+        if last.is_none()
+            && let Some(previous) = files(path).into_iter().rev().nth(1)
+        {
+            let mut f = File::open(&previous).map_err(io("open the newest rotated file"))?;
+            last = last_line(&mut f).map_err(io("read"))?;
+        }
+        let (next_seq, prev) = match last {
             None => (0, GENESIS.to_owned()),
             Some(line) => {
                 let r: Record = serde_json::from_str(&line)
@@ -68,7 +104,47 @@ impl AuditLog {
                 (r.seq + 1, hash_line(&line))
             }
         };
-        Ok(Self { path: path.to_owned(), file, next_seq, prev })
+        let size = file.metadata().map_err(io("stat"))?.len();
+        let (live, _) = tokio::sync::broadcast::channel(4096);
+        Ok(Self { path: path.to_owned(), file, size, max_bytes, keep, next_seq, prev, live })
+    }
+
+    /// Newly appended lines, for live queries.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.live.subscribe()
+    }
+
+    /// The last record's sequence number and the hash of its line (None before the first).
+    pub fn head(&self) -> Option<(u64, String)> {
+        self.next_seq.checked_sub(1).map(|seq| (seq, self.prev.clone()))
+    }
+
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let path = self.path.clone();
+        let io = |op| {
+            let path = path.clone();
+            move |source| AuditError::Io { path, op, source }
+        };
+        let name = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let _ = std::fs::remove_file(name(self.keep));
+        for n in (1..self.keep).rev() {
+            if name(n).exists() {
+                std::fs::rename(name(n), name(n + 1)).map_err(io("rotate"))?;
+            }
+        }
+        std::fs::rename(&self.path, name(1)).map_err(io("rotate"))?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(&self.path)
+            .map_err(io("reopen after rotation"))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync its directory"))?;
+        }
+        self.size = 0;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -86,12 +162,17 @@ impl AuditLog {
             prev: self.prev.clone(),
         };
         let line = serde_json::to_string(&record).expect("record serializes");
+        if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
+            self.rotate()?;
+        }
         let path = &self.path;
         let io = |op: &'static str| move |source| AuditError::Io { path: path.clone(), op, source };
         self.file.write_all(format!("{line}\n").as_bytes()).map_err(io("append"))?;
         self.file.sync_data().map_err(io("fsync"))?;
+        self.size += line.len() as u64 + 1;
         self.prev = hash_line(&line);
         self.next_seq += 1;
+        let _ = self.live.send(line);
         Ok(record.seq)
     }
 }
@@ -131,11 +212,11 @@ mod tests {
     fn records_chain_and_reopen_continues_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/audit.jsonl");
-        let mut log = AuditLog::open(&path).unwrap();
+        let mut log = AuditLog::open(&path, 1 << 20, 3).unwrap();
         assert_eq!(log.append("daemon_start", None, serde_json::json!({"v": 1})).unwrap(), 0);
         assert_eq!(log.append("threshold_crossed", Some("a1"), serde_json::json!({"percent": 50})).unwrap(), 1);
         drop(log);
-        let mut log = AuditLog::open(&path).unwrap();
+        let mut log = AuditLog::open(&path, 1 << 20, 3).unwrap();
         assert_eq!(log.append("daemon_stop", None, serde_json::json!({})).unwrap(), 2);
 
         let text = std::fs::read_to_string(&path).unwrap();
@@ -148,10 +229,30 @@ mod tests {
     }
 
     #[test]
+    fn rotation_keeps_the_chain_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, 4096, 3).unwrap();
+        for i in 0..200 {
+            log.append("tick", Some("a"), serde_json::json!({ "i": i, "pad": "x".repeat(100) })).unwrap();
+        }
+        drop(log);
+        let set = files(&path);
+        assert!(set.len() >= 3, "{set:?}");
+        assert!(!dir.path().join("audit.jsonl.4").exists(), "keeps at most 3 rotated files");
+        // The chain verifies across the kept files; the first kept file starts mid-chain.
+        let report = verify::verify_files(&set).unwrap();
+        assert!(report.records > 0 && report.first_seq > 0);
+        // And a reopened log continues it.
+        let mut log = AuditLog::open(&path, 4096, 3).unwrap();
+        assert_eq!(log.append("tick", None, serde_json::json!({})).unwrap(), 200);
+    }
+
+    #[test]
     fn a_torn_last_line_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, "{\"seq\":0,\"ts\":\"x\"").unwrap();
-        assert!(matches!(AuditLog::open(&path), Err(AuditError::Corrupt { .. })));
+        assert!(matches!(AuditLog::open(&path, 1 << 20, 3), Err(AuditError::Corrupt { .. })));
     }
 }

@@ -1,7 +1,18 @@
 //! Command-line interface: argument types here, one file per command group.
 
+mod audit;
+mod control;
+mod events;
+mod exec;
 mod spend;
 mod status;
+mod top;
+
+pub use audit::verify as audit_verify;
+pub use control::run as control;
+pub use events::run as events;
+pub use exec::run as exec;
+pub use top::run as top;
 
 use std::path::PathBuf;
 
@@ -70,8 +81,114 @@ pub enum Command {
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// Pause an agent (or --all): its connects fail with EPERM and its connections carry no
+    /// payload until `governor resume`. Returns once the kernel enforces it.
+    #[command(
+        after_help = "Examples:\n  sudo governor pause scanner --reason \"runaway loop\"\n  sudo governor pause --all"
+    )]
+    Pause {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        agent: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Why: recorded in the audit log and shown in status.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Resume an agent (or --all): lifts a pause, a pending checkpoint and a budget suspension.
+    #[command(after_help = "Examples:\n  sudo governor resume scanner\n  sudo governor resume --all")]
+    Resume {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        agent: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Pause an agent, then end every process in its cgroup (cgroup.kill).
+    #[command(after_help = "Example:\n  sudo governor kill scanner")]
+    Kill {
+        agent: String,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Acknowledge an agent's pending checkpoint, letting it go on.
+    #[command(after_help = "Example:\n  sudo governor ack scanner --note \"reviewed the last hour's calls\"")]
+    Ack {
+        agent: String,
+        /// Recorded with the acknowledgement in the audit log.
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Query the audit log through the daemon; --follow streams new records as they happen.
+    #[command(
+        after_help = "Examples:\n  sudo governor events --since 10m\n  sudo governor events --agent scanner --kind denied --follow"
+    )]
+    Events {
+        #[arg(long)]
+        agent: Option<String>,
+        /// Record kind: denied, pause, resume, ack, kill, threshold_crossed, suspended, ...
+        #[arg(long)]
+        kind: Option<String>,
+        /// A duration back from now (90s, 10m, 2h, 1d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// The audit log's own commands.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// A live view of every agent, refreshed every second (Ctrl-C to leave).
+    Top {
+        /// Stop after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Start COMMAND inside an agent's cgroup from its first instruction, as an unprivileged user.
+    #[command(
+        after_help = "Examples:\n  sudo governor exec --agent scanner --user agent -- python3 agent.py\n  sudo governor exec --agent scanner -- curl https://api.example.com/   # as the sudo caller"
+    )]
+    Exec {
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+        /// User (name or uid) to run as; default: the user who ran sudo.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Allow running the agent as root (root can leave its cgroup and unload the programs).
+        #[arg(long)]
+        allow_root: bool,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit log (and its rotated files); exit 1 on any break.
+    #[command(
+        after_help = "Examples:\n  sudo governor audit verify\n  governor audit verify /var/log/governor/audit.jsonl"
+    )]
+    Verify {
+        /// The log; default: the running daemon's (also compared with its in-memory head).
+        file: Option<PathBuf>,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -46,6 +46,18 @@ pub struct DaemonConfig {
     /// The append-only, hash-chained audit log (JSON Lines).
     #[serde(default = "default_audit_log")]
     pub audit_log: Spanned<PathBuf>,
+    /// Rotate the audit log when it would grow past this many bytes (the chain continues).
+    #[serde(default = "default_audit_max_bytes")]
+    pub audit_max_bytes: Spanned<i64>,
+    /// Rotated audit files kept (`audit.jsonl.1` is the newest).
+    #[serde(default = "default_audit_keep")]
+    pub audit_keep: Spanned<i64>,
+    /// Members may read state through the socket (root always may). The socket's group.
+    #[serde(default)]
+    pub read_group: Option<Spanned<String>>,
+    /// Members may also control agents: pause, resume, kill, ack (root always may).
+    #[serde(default)]
+    pub admin_group: Option<Spanned<String>>,
 }
 
 impl Default for DaemonConfig {
@@ -58,8 +70,29 @@ impl Default for DaemonConfig {
             currency: default_currency(),
             state_dir: default_state_dir(),
             audit_log: default_audit_log(),
+            audit_max_bytes: default_audit_max_bytes(),
+            audit_keep: default_audit_keep(),
+            read_group: None,
+            admin_group: None,
         }
     }
+}
+
+fn default_audit_max_bytes() -> Spanned<i64> {
+    Spanned::new(0..0, 64 << 20)
+}
+fn default_audit_keep() -> Spanned<i64> {
+    Spanned::new(0..0, 10)
+}
+
+/// `checkpoints = { every_spend = "5.00", every = "1h", every_connections = 10000 }`: reaching
+/// any pauses the agent until an operator runs `governor ack`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    pub every_spend: Option<Spanned<String>>,
+    pub every: Option<Spanned<String>>,
+    pub every_connections: Option<Spanned<i64>>,
 }
 
 fn default_currency() -> Spanned<String> {
@@ -232,6 +265,8 @@ pub struct AgentConfig {
     pub thresholds: Spanned<Vec<Spanned<i64>>>,
     #[serde(default)]
     pub on_exhausted: OnExhausted,
+    #[serde(default)]
+    pub checkpoints: Option<Spanned<CheckpointConfig>>,
 }
 
 impl AgentConfig {

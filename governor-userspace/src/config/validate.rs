@@ -165,6 +165,24 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
             validate_budget(b, &key("budget"))?;
         }
         validate_thresholds(&agent.thresholds, &key("thresholds"))?;
+        if let Some(c) = &agent.checkpoints {
+            let k = key("checkpoints");
+            let c = c.get_ref();
+            if let Some(s) = &c.every_spend {
+                let m = amount(s, &format!("{k}.every_spend"), MAX_LIMIT)?;
+                if m.0 == 0 {
+                    return Err(problem(s.span(), format!("{k}.every_spend"), "must be more than 0"));
+                }
+            }
+            if let Some(e) = &c.every {
+                parse_duration(e.get_ref()).map_err(|m| problem(e.span(), format!("{k}.every"), m))?;
+            }
+            if let Some(n) = &c.every_connections
+                && *n.get_ref() < 1
+            {
+                return Err(problem(n.span(), format!("{k}.every_connections"), "must be 1 or more"));
+            }
+        }
         for e in &agent.endpoints {
             if !endpoints.contains_key(e.get_ref().as_str()) {
                 let mut known: Vec<&str> = endpoints.keys().copied().collect();
@@ -282,6 +300,19 @@ fn validate_daemon(config: &Config) -> Result<(), Problem> {
         || !d.currency.get_ref().chars().all(|c| c.is_ascii_alphanumeric())
     {
         return Err(problem(d.currency.span(), "daemon.currency", "must be a short label such as \"USD\""));
+    }
+    if *d.audit_max_bytes.get_ref() < 4096 {
+        return Err(problem(d.audit_max_bytes.span(), "daemon.audit_max_bytes", "must be at least 4096"));
+    }
+    if !(1..=1000).contains(d.audit_keep.get_ref()) {
+        return Err(problem(d.audit_keep.span(), "daemon.audit_keep", "must be from 1 to 1000"));
+    }
+    for (g, key) in [(&d.read_group, "daemon.read_group"), (&d.admin_group, "daemon.admin_group")] {
+        if let Some(g) = g
+            && g.get_ref().is_empty()
+        {
+            return Err(problem(g.span(), key, "must name a group"));
+        }
     }
     for (path, key) in [(&d.state_dir, "daemon.state_dir"), (&d.audit_log, "daemon.audit_log")] {
         if !path.get_ref().is_absolute() {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -33,28 +33,76 @@ impl Client {
 
     /// `GET path`, decoding a JSON body.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let proto = |message: String| ClientError::Protocol { path: self.socket.clone(), message };
+        let body = self.request("GET", path, None, |_| {}).await?;
+        serde_json::from_slice(&body).map_err(|e| self.proto(format!("unexpected answer: {e}")))
+    }
+
+    /// `POST path` with a JSON body, decoding a JSON answer.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        let body = self.request("POST", path, Some(body.to_string()), |_| {}).await?;
+        serde_json::from_slice(&body).map_err(|e| self.proto(format!("unexpected answer: {e}")))
+    }
+
+    /// `GET path`, handing each line of the answer to `line` as it arrives (for streams).
+    pub async fn get_lines(&self, path: &str, mut line: impl FnMut(&str)) -> Result<(), ClientError> {
+        let mut pending = Vec::new();
+        self.request("GET", path, None, |chunk| {
+            pending.extend_from_slice(chunk);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let l: Vec<u8> = pending.drain(..=i).collect();
+                line(String::from_utf8_lossy(&l[..l.len() - 1]).as_ref());
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    fn proto(&self, message: String) -> ClientError {
+        ClientError::Protocol { path: self.socket.clone(), message }
+    }
+
+    /// One request; `chunk` sees the body as it streams in; returns the whole body.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        mut chunk: impl FnMut(&[u8]),
+    ) -> Result<Bytes, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| proto(e.to_string()))?;
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| self.proto(e.to_string()))?;
         let conn = tokio::spawn(conn);
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "governor")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| proto(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| proto(e.to_string()))?;
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| self.proto(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| self.proto(e.to_string()))?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| proto(e.to_string()))?.to_bytes();
+        let mut body = response.into_body();
+        let mut all = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.proto(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                if status.is_success() {
+                    chunk(data);
+                }
+                all.extend_from_slice(data);
+            }
+        }
         conn.abort();
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
+            let message = serde_json::from_slice::<serde_json::Value>(&all)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                .unwrap_or_else(|| String::from_utf8_lossy(&all).into_owned());
             return Err(ClientError::Daemon { status: status.as_u16(), message });
         }
-        serde_json::from_slice(&body).map_err(|e| proto(format!("unexpected answer: {e}")))
+        Ok(Bytes::from(all))
     }
 }

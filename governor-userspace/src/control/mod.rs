@@ -1,5 +1,6 @@
 //! The control socket: HTTP+JSON over a Unix socket, so `curl --unix-socket` works too.
 
+pub mod auth;
 mod client;
 mod server;
 

@@ -1,19 +1,47 @@
-//! Routes of the control socket. Read-only for now: `GET /v1/status`, `GET /v1/health`.
+//! Routes of the control socket. Every request is authorized from the caller's credentials;
+//! refusals and every control action are audited with uid, gid and pid.
+//!
+//! - `GET /v1/health`, `GET /v1/status`, `GET /v1/events?agent=&kind=&since=&follow=true`,
+//!   `GET /v1/audit/head` (read)
+//! - `POST /v1/agents/{name}/pause|resume|kill|ack`, `POST /v1/pause`, `POST /v1/resume` (admin)
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
 use anyhow::Context as _;
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{ConnectInfo, Path as UrlPath, Query, State},
+    http::StatusCode,
+    response::{IntoResponse as _, Response},
+    routing::{get, post},
+};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
 use tokio::net::UnixListener;
 
-use crate::governor::Governor;
+use super::auth::{Caller, PeerInfo, Role};
+use crate::{
+    accounting::window::parse_duration,
+    audit::Record,
+    governor::{Governor, unix_now},
+    oversight::ControlError,
+};
 
 /// Binds the control socket at `path`: creates its directory, refuses to take over a socket a
-/// live daemon is serving, and replaces a stale one left by a crash.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// live daemon is serving, and replaces a stale one left by a crash. Mode 0660, group `group`.
+pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket directory {} (daemon.socket)", dir.display()))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            anyhow::bail!(
+                "socket directory {} is writable by others; anyone could replace the socket: chmod o-w it or set daemon.socket elsewhere",
+                dir.display()
+            );
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -26,7 +54,11 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot bind control socket {} (daemon.socket)", path.display()))?;
-    // Owner and group only: status reveals every agent's traffic.
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid.into()))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+    }
+    // Owner and group only: status reveals every agent's traffic; the daemon checks each caller.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions on {}", path.display()))?;
     Ok(listener)
@@ -34,13 +66,45 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::Result<()> {
     let app = Router::new()
-        .route("/v1/status", get(status))
         .route("/v1/health", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/audit/head", get(audit_head))
+        .route("/v1/agents/{name}/{action}", post(control_one))
+        .route("/v1/{action}", post(control_all))
         .with_state(governor);
-    axum::serve(listener, app).await.context("control socket server failed")
+    axum::serve(listener, app.into_make_service_with_connect_info::<PeerInfo>())
+        .await
+        .context("control socket server failed")
 }
 
-async fn status(State(g): State<Arc<Governor>>) -> impl IntoResponse {
+fn error(code: StatusCode, message: &str) -> Response {
+    (code, Json(json!({ "error": message }))).into_response()
+}
+
+/// Lets the request through if the caller holds `needed`; otherwise audits the refusal and
+/// answers 403 saying what would be needed.
+fn authorize(
+    g: &Governor,
+    peer: &PeerInfo,
+    needed: Role,
+    action: &str,
+    agent: Option<&str>,
+) -> Result<Caller, Box<Response>> {
+    let caller = Caller::of(peer);
+    if g.groups.role(peer).is_some_and(|r| r >= needed) {
+        return Ok(caller);
+    }
+    let why = g.groups.refusal(needed);
+    tracing::warn!(action, caller = %caller.describe(), "control request refused");
+    let _ = g.audit("control_refused", agent, json!({ "action": action, "by": caller, "needed": needed, "why": why }));
+    Err(Box::new(error(StatusCode::FORBIDDEN, &why)))
+}
+
+async fn status(State(g): State<Arc<Governor>>, ConnectInfo(peer): ConnectInfo<PeerInfo>) -> Response {
+    if let Err(r) = authorize(&g, &peer, Role::Read, "status", None) {
+        return *r;
+    }
     match tokio::task::spawn_blocking(move || g.status()).await {
         Ok(Ok(s)) => Json(s).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -48,6 +112,194 @@ async fn status(State(g): State<Arc<Governor>>) -> impl IntoResponse {
     }
 }
 
-fn error(code: StatusCode, message: &str) -> axum::response::Response {
-    (code, Json(serde_json::json!({ "error": message }))).into_response()
+async fn audit_head(State(g): State<Arc<Governor>>, ConnectInfo(peer): ConnectInfo<PeerInfo>) -> Response {
+    if let Err(r) = authorize(&g, &peer, Role::Read, "audit head", None) {
+        return *r;
+    }
+    let (head, path) = {
+        let log = g.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (log.head(), log.path().display().to_string())
+    };
+    Json(json!({ "path": path, "seq": head.as_ref().map(|h| h.0), "hash": head.map(|h| h.1) })).into_response()
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ControlBody {
+    reason: Option<String>,
+    note: Option<String>,
+}
+
+async fn control_one(
+    State(g): State<Arc<Governor>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    UrlPath((name, action)): UrlPath<(String, String)>,
+    body: Option<Json<ControlBody>>,
+) -> Response {
+    control(g, peer, Some(name), action, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+async fn control_all(
+    State(g): State<Arc<Governor>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    UrlPath(action): UrlPath<String>,
+    body: Option<Json<ControlBody>>,
+) -> Response {
+    if !matches!(action.as_str(), "pause" | "resume") {
+        return error(StatusCode::NOT_FOUND, &format!("no action {action:?} for all agents (pause, resume)"));
+    }
+    control(g, peer, None, action, body.map(|b| b.0).unwrap_or_default()).await
+}
+
+async fn control(
+    g: Arc<Governor>,
+    peer: PeerInfo,
+    name: Option<String>,
+    action: String,
+    body: ControlBody,
+) -> Response {
+    if !matches!(action.as_str(), "pause" | "resume" | "kill" | "ack") {
+        return error(StatusCode::NOT_FOUND, &format!("no action {action:?} (pause, resume, kill, ack)"));
+    }
+    let caller = match authorize(&g, &peer, Role::Admin, &action, name.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ControlError> {
+        let agents = g.resolve(name.as_deref())?;
+        let mut done = Vec::new();
+        for agent in &agents {
+            let outcome = match action.as_str() {
+                "pause" => g.pause(agent, body.reason.as_deref().unwrap_or("operator"), &caller).map(|()| json!({})),
+                "resume" => g.resume(agent, &caller, None).map(|()| json!({})),
+                "ack" => g.resume(agent, &caller, Some(body.note.as_deref().unwrap_or(""))).map(|()| json!({})),
+                "kill" => g.kill(agent, &caller).map(|n| json!({ "processes": n })),
+                _ => unreachable!("checked above"),
+            }?;
+            done.push(json!({ "agent": agent, "result": outcome }));
+        }
+        Ok(json!({ "action": action, "agents": done }))
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e @ ControlError::NoAgent { .. })) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Ok(Err(e @ ControlError::NoCheckpoint(_))) => error(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e @ ControlError::Unrecorded(_))) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("control task failed: {e}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    agent: Option<String>,
+    kind: Option<String>,
+    /// A duration back from now ("10m") or an RFC 3339 time.
+    since: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Most records one non-follow query returns (the newest ones).
+const MAX_EVENTS: usize = 10_000;
+
+struct Filter {
+    agent: Option<String>,
+    kind: Option<String>,
+    since: Option<time::OffsetDateTime>,
+}
+
+impl Filter {
+    fn matches(&self, r: &Record) -> bool {
+        self.agent.as_ref().is_none_or(|a| r.agent.as_deref() == Some(a))
+            && self.kind.as_ref().is_none_or(|k| &r.kind == k)
+            && self.since.is_none_or(|s| {
+                time::OffsetDateTime::parse(&r.ts, &time::format_description::well_known::Rfc3339).is_ok_and(|t| t >= s)
+            })
+    }
+}
+
+/// The audit log as NDJSON, filtered; with `follow`, new records stream as they are written.
+async fn events(
+    State(g): State<Arc<Governor>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    if let Err(r) = authorize(&g, &peer, Role::Read, "events", q.agent.as_deref()) {
+        return *r;
+    }
+    let since = match q.since.as_deref().map(|s| {
+        parse_duration(s)
+            .map(|d| time::OffsetDateTime::from_unix_timestamp(unix_now() - d.as_secs() as i64).expect("valid time"))
+            .or_else(|_| {
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| e.to_string())
+            })
+    }) {
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("since: {e} (use a duration such as 10m, or an RFC 3339 time)"),
+            );
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let filter = Arc::new(Filter { agent: q.agent, kind: q.kind, since });
+    // Subscribe before reading the files, so nothing written in between is missed.
+    let (live, path) = {
+        let log = g.audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (log.subscribe(), log.path().to_owned())
+    };
+    let f = filter.clone();
+    let past = tokio::task::spawn_blocking(move || {
+        let mut out = std::collections::VecDeque::new();
+        let mut last_seq = None;
+        for file in crate::audit::files(&path) {
+            for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
+                if let Ok(r) = serde_json::from_str::<Record>(line) {
+                    last_seq = Some(r.seq);
+                    if f.matches(&r) {
+                        if out.len() == MAX_EVENTS {
+                            out.pop_front();
+                        }
+                        out.push_back(format!("{line}\n"));
+                    }
+                }
+            }
+        }
+        (out, last_seq)
+    })
+    .await
+    .unwrap_or_default();
+    let (past, last_seq) = past;
+    let past = futures_util::stream::iter(past.into_iter().map(Ok::<_, std::io::Error>));
+    if !q.follow {
+        return Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .body(Body::from_stream(past))
+            .expect("response");
+    }
+    let live = futures_util::stream::unfold(live, |mut rx| async move {
+        match rx.recv().await {
+            Ok(line) => Some((line, rx)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let gap =
+                    json!({ "kind": "events_skipped", "details": { "count": n, "why": "the reader fell behind" } });
+                Some((gap.to_string(), rx))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    })
+    .filter_map(move |line| {
+        let f = filter.clone();
+        async move {
+            let r: Record = serde_json::from_str(&line).ok()?;
+            (last_seq.is_none_or(|s| r.seq > s) && f.matches(&r)).then(|| Ok(format!("{line}\n")))
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(past.chain(live)))
+        .expect("response")
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use governor_common::{
     AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, REASON_BUDGET,
-    REASON_NOT_ALLOWLISTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    REASON_NOT_ALLOWLISTED, REASON_PAUSED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,7 @@ pub fn reason_name(code: u8) -> Option<&'static str> {
     match code {
         REASON_NOT_ALLOWLISTED => Some("not-allowlisted"),
         REASON_BUDGET => Some("budget"),
+        REASON_PAUSED => Some("paused"),
         _ => None,
     }
 }

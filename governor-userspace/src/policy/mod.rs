@@ -12,7 +12,12 @@ use governor_common::{
 pub use ids::name_id;
 
 use crate::{
-    accounting::{budget::BudgetSpec, money::Money, window::Window},
+    accounting::{
+        books::CheckpointSpec,
+        budget::BudgetSpec,
+        money::Money,
+        window::{Window, parse_duration},
+    },
     config::{BudgetConfig, Cidr, Config, Mode, PriceConfig, Protocol},
 };
 
@@ -41,6 +46,7 @@ pub struct CompiledAgent {
     pub cgroup: String,
     pub mode: Mode,
     pub budget: BudgetSpec,
+    pub checkpoints: CheckpointSpec,
     pub rules_v4: Vec<Entry<AllowKeyV4>>,
     pub rules_v6: Vec<Entry<AllowKeyV6>>,
 }
@@ -157,6 +163,17 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
             cgroup: agent.cgroup_name().to_owned(),
             mode: agent.mode,
             budget: budget_spec(agent.budget.as_ref(), agent.thresholds.get_ref(), agent.on_exhausted),
+            checkpoints: agent.checkpoints.as_ref().map_or_else(CheckpointSpec::default, |c| {
+                let c = c.get_ref();
+                CheckpointSpec {
+                    every_spend: c.every_spend.as_ref().map(|s| Money::parse(s.get_ref()).expect("validated amount")),
+                    every_secs: c
+                        .every
+                        .as_ref()
+                        .map(|e| parse_duration(e.get_ref()).expect("validated duration").as_secs() as i64),
+                    every_connections: c.every_connections.as_ref().map(|n| *n.get_ref() as u64),
+                }
+            }),
             rules_v4: Vec::new(),
             rules_v6: Vec::new(),
         };

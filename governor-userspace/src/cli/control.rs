@@ -1,0 +1,36 @@
+//! `governor pause|resume|kill|ack`: one request to the daemon, which answers once the kernel
+//! enforces the change and the audit record is on disk.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::control::Client;
+
+pub async fn run(
+    action: &str,
+    agent: Option<&str>,
+    reason: Option<&str>,
+    note: Option<&str>,
+    socket: &Path,
+) -> anyhow::Result<()> {
+    let path = match agent {
+        Some(a) => format!("/v1/agents/{a}/{action}"),
+        None => format!("/v1/{action}"),
+    };
+    let answer = Client::new(socket).post_json(&path, &json!({ "reason": reason, "note": note })).await?;
+    for a in answer["agents"].as_array().into_iter().flatten() {
+        let name = a["agent"].as_str().unwrap_or("?");
+        match action {
+            "pause" => println!("{name}: paused (connects refused, traffic dropped)"),
+            "resume" => println!("{name}: resumed"),
+            "ack" => println!("{name}: checkpoint acknowledged, resumed"),
+            "kill" => println!("{name}: paused and killed {} process(es)", a["result"]["processes"]),
+            _ => println!("{name}: {action}"),
+        }
+    }
+    if answer["agents"].as_array().is_none_or(Vec::is_empty) {
+        println!("no agents");
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `governor exec`: starts a command inside an agent's cgroup from its first instruction
+//! (clone3 with CLONE_INTO_CGROUP: the process never exists outside the cgroup, so it cannot
+//! open a socket there), as an unprivileged user with no_new_privs, and waits for it.
+//!
+//! Root is refused without --allow-root: a root agent could move itself out of its cgroup,
+//! detach governor's programs or open raw sockets. An unprivileged one cannot write to any
+//! cgroup.procs, so it stays where it was put.
+
+use std::{ffi::CString, os::fd::AsRawFd as _, path::Path};
+
+use anyhow::{Context as _, bail};
+
+use crate::{control::Client, status::Status};
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Who the agent runs as.
+struct Identity {
+    uid: u32,
+    gid: u32,
+    name: String,
+}
+
+fn identity(user: Option<&str>) -> anyhow::Result<Identity> {
+    use nix::unistd::{Uid, User};
+    let found = match user {
+        Some(u) => match u.parse::<u32>() {
+            Ok(uid) => {
+                User::from_uid(Uid::from_raw(uid))?.with_context(|| format!("--user: no user with uid {uid}"))?
+            }
+            Err(_) => User::from_name(u)?.with_context(|| format!("--user: no user named {u:?}"))?,
+        },
+        // Under sudo, the person who ran it; otherwise whoever runs governor.
+        None => match std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok()) {
+            Some(uid) => User::from_uid(Uid::from_raw(uid))?.with_context(|| format!("SUDO_UID {uid} is no user"))?,
+            None => User::from_uid(nix::unistd::geteuid())?.context("the current user has no passwd entry")?,
+        },
+    };
+    Ok(Identity { uid: found.uid.as_raw(), gid: found.gid.as_raw(), name: found.name })
+}
+
+/// Finds (or creates) the agent's cgroup, then runs the command in it; returns its exit code.
+pub fn run(
+    agent: &str,
+    user: Option<&str>,
+    allow_root: bool,
+    socket: &Path,
+    command: &[String],
+) -> anyhow::Result<i32> {
+    let who = identity(user)?;
+    if who.uid == 0 && !allow_root {
+        bail!(
+            "refusing to start agent {agent:?} as root: root can move itself out of its cgroup, detach governor's \
+             programs and open raw sockets, so nothing would bind it. Pass --user USER (an unprivileged account), \
+             or --allow-root if you accept that"
+        );
+    }
+    let status: Status = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(Client::new(socket).get_json("/v1/status"))?;
+    let dir = match status.agents.iter().find(|a| a.name == agent) {
+        Some(a) => std::path::PathBuf::from(&a.cgroup),
+        None => Path::new(&status.agents_root).join(agent),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the agent's cgroup {}", dir.display()))?;
+    let cgroup = std::fs::File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+
+    // Everything the child needs is prepared here: after clone3 it only makes system calls.
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .context("an argument holds a NUL byte")?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let groups = [who.gid as libc::gid_t];
+    let failed = c"governor exec: could not drop privileges or start the command\n";
+
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork; this process is single-threaded here
+    // (the runtime above is gone), and the child only makes async-signal-safe system calls.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &raw mut args, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context(format!(
+            "cannot start a process in {} (clone3 with CLONE_INTO_CGROUP needs kernel 5.7+)",
+            dir.display()
+        ));
+    }
+    if pid == 0 {
+        // SAFETY: the child: plain system calls, then exec or _exit.
+        unsafe {
+            if libc::setgroups(1, groups.as_ptr()) != 0
+                || libc::setgid(who.gid) != 0
+                || libc::setuid(who.uid) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                libc::write(2, failed.as_ptr().cast(), failed.count_bytes());
+                libc::_exit(126);
+            }
+            libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+            libc::write(2, failed.as_ptr().cast(), failed.count_bytes());
+            libc::_exit(127);
+        }
+    }
+    drop(cgroup);
+    eprintln!(
+        "governor exec: started {:?} as {} (uid {}) in {} (pid {pid})",
+        command[0],
+        who.name,
+        who.uid,
+        dir.display()
+    );
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(pid as i32, &mut status, 0) } < 0 {
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            bail!("waitpid: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) })
+}

@@ -1,0 +1,336 @@
+//! Operator control on the real kernel: pause, resume, kill, checkpoints and acks, who may do
+//! what, the audit log verified and queried live, and governed launch.
+
+use std::{
+    io::BufRead as _,
+    os::unix::fs::PermissionsExt as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use governor_tests::{AgentsRoot, Daemon, Serve, Server, as_user, governor_bin, privileged, spawn_in, workload};
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+
+fn config(port: u16, agent_extra: &str) -> String {
+    format!(
+        "[[endpoint]]\nname = \"sink\"\naddresses = [\"127.0.0.1\"]\nports = [{port}]\n[[agent]]\nname = \"a1\"\nendpoints = [\"sink\"]\n{agent_extra}\n"
+    )
+}
+
+fn kinds(daemon: &Daemon, agent: &str) -> Vec<String> {
+    daemon.audit_log().iter().filter(|r| r["agent"] == agent).map(|r| r["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn pause_holds_before_the_command_returns_and_resume_restores_traffic() {
+    if !privileged("pause_holds_before_the_command_returns_and_resume_restores_traffic") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, ""));
+    let agent = root.path.join("a1");
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+
+    let started = Instant::now();
+    let out = daemon.cli(&["pause", "a1", "--reason", "runaway loop"]);
+    let took = started.elapsed();
+    assert!(out.contains("a1: paused"), "{out}");
+    // No waiting: the kernel refuses the very next connect.
+    let no = workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]);
+    assert!(no.eperm(), "connect right after pause returned: {no:?}");
+    eprintln!("pause command took {took:?}");
+    let a = daemon.agent("a1");
+    assert_eq!(a["state"], "paused");
+    assert_eq!(
+        (a["paused"]["kind"].as_str(), a["paused"]["reason"].as_str()),
+        (Some("operator"), Some("runaway loop"))
+    );
+    assert!(a["endpoints"].as_array().unwrap().iter().any(|e| e["denied_by_reason"]["paused"] == 1), "{a:#}");
+
+    assert!(daemon.cli(&["resume", "a1"]).contains("a1: resumed"));
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    let pause = daemon.audit_log().into_iter().find(|r| r["kind"] == "pause").unwrap();
+    assert_eq!(
+        (pause["details"]["by"]["uid"].as_u64(), pause["details"]["reason"].as_str()),
+        (Some(0), Some("runaway loop"))
+    );
+    assert!(pause["details"]["by"]["pid"].as_u64().is_some());
+    assert_eq!(kinds(&daemon, "a1").iter().filter(|k| *k == "resume").count(), 1);
+
+    // --all, and an unknown agent.
+    assert!(daemon.cli(&["pause", "--all"]).contains("a1: paused"));
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).eperm());
+    assert!(daemon.cli(&["resume", "--all"]).contains("a1: resumed"));
+    let out = daemon.cli_output(&["pause", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent named \"nobody\"; agents: a1"));
+}
+
+#[test]
+fn kill_leaves_no_process_in_the_agent() {
+    if !privileged("kill_leaves_no_process_in_the_agent") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, ""));
+    let nested = root.cgroup("a1/workers");
+    let mut children: Vec<_> = (0..3)
+        .map(|_| {
+            spawn_in(&nested, {
+                let mut c = Command::new("sleep");
+                c.arg("30");
+                c
+            })
+        })
+        .collect();
+    let out = daemon.cli(&["kill", "a1"]);
+    assert!(out.contains("a1: paused and killed 3 process(es)"), "{out}");
+    for c in &mut children {
+        let status = c.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    }
+    assert_eq!(std::fs::read_to_string(nested.join("cgroup.procs")).unwrap(), "");
+    assert_eq!(daemon.agent("a1")["state"], "paused");
+    assert!(kinds(&daemon, "a1").contains(&"kill".to_owned()));
+}
+
+#[test]
+fn a_checkpoint_pauses_at_its_milestone_and_ack_resumes() {
+    if !privileged("a_checkpoint_pauses_at_its_milestone_and_ack_resumes") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, "checkpoints = { every_connections = 3 }"));
+    let agent = root.path.join("a1");
+    for _ in 0..3 {
+        assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    }
+    let s = daemon.wait_until("checkpoint", 5, |s| s["agents"][0]["state"] == "checkpoint");
+    assert!(s["agents"][0]["paused"]["reason"].as_str().unwrap().contains("3 connections"));
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).eperm());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(daemon.agent("a1")["paused"]["waited_seconds"].as_u64() >= Some(1), "status says how long it has waited");
+    let metrics = daemon.metrics();
+    assert!(metrics.lines().any(|l| l.starts_with("governor_checkpoint_pending_seconds{agent=\"a1\"}")), "{metrics}");
+
+    // A plain resume is an ack without a note; ack says who and why.
+    let out = daemon.cli(&["ack", "a1", "--note", "reviewed"]);
+    assert!(out.contains("checkpoint acknowledged"), "{out}");
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    let ack = daemon.audit_log().into_iter().find(|r| r["kind"] == "ack").unwrap();
+    assert_eq!((ack["details"]["note"].as_str(), ack["details"]["by"]["uid"].as_u64()), (Some("reviewed"), Some(0)));
+    // Acking with nothing pending is refused.
+    let out = daemon.cli_output(&["ack", "a1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pending checkpoint"), "{out:?}");
+    // The milestone counts again from the ack: two more connects do not reach it.
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(daemon.agent("a1")["state"], "enforcing");
+}
+
+#[test]
+fn a_reader_may_read_but_not_control_and_the_refusal_is_audited() {
+    if !privileged("a_reader_may_read_but_not_control_and_the_refusal_is_audited") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Debian's "nogroup" (gid 65534) stands in for an operators' read-only group.
+    let daemon = Daemon::start_in(dir, &root, "read_group = \"nogroup\"\n[[agent]]\nname = \"a1\"\n");
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o777, std::os::unix::fs::MetadataExt::gid(&meta)), (0o660, NOBODY));
+
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(governor_bin());
+        cmd.args(args).arg("--socket").arg(&daemon.socket);
+        as_user(&mut cmd, NOBODY, NOBODY);
+        cmd.output().unwrap()
+    };
+    assert!(as_nobody(&["status", "--json"]).status.success(), "a member of read_group may read");
+    let out = as_nobody(&["pause", "a1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("403")
+            && stderr.contains("permission denied: this needs root (no daemon.admin_group is configured)"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.agent("a1")["state"], "enforcing");
+    let refusal = daemon.audit_log().into_iter().find(|r| r["kind"] == "control_refused").expect("refusal audited");
+    assert_eq!(refusal["details"]["action"], "pause");
+    assert_eq!(
+        (refusal["details"]["by"]["uid"].as_u64(), refusal["details"]["by"]["gid"].as_u64()),
+        (Some(NOBODY as u64), Some(NOBODY as u64))
+    );
+    assert!(refusal["details"]["by"]["pid"].as_u64().is_some());
+}
+
+#[test]
+fn audit_verify_passes_on_the_real_log_and_catches_tampering() {
+    if !privileged("audit_verify_passes_on_the_real_log_and_catches_tampering") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    for _ in 0..3 {
+        daemon.cli(&["pause", "a1"]);
+        daemon.cli(&["resume", "a1"]);
+    }
+    let out = daemon.cli(&["audit", "verify"]);
+    assert!(out.contains("chain intact"), "{out}");
+
+    let log = daemon.dir().path().join("audit.jsonl");
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let write = |ls: &[String]| std::fs::write(&log, ls.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let owned = || lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+    let tamperings: Vec<(&str, Vec<String>)> = vec![
+        ("deleted line", {
+            let mut l = owned();
+            l.remove(3);
+            l
+        }),
+        ("edited field", {
+            let mut l = owned();
+            l[3] = l[3].replace("\"uid\":0", "\"uid\":1000");
+            l
+        }),
+        ("swapped pair", {
+            let mut l = owned();
+            l.swap(3, 4);
+            l
+        }),
+        ("removed tail", {
+            let mut l = owned();
+            l.pop();
+            l
+        }),
+    ];
+    for (what, tampered) in tamperings {
+        assert_ne!(tampered, owned(), "{what}: the tampering changed nothing");
+        write(&tampered);
+        let out = daemon.cli_output(&["audit", "verify"]);
+        assert_eq!(out.status.code(), Some(1), "{what}: verify passed");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("audit chain broken"), "{what}: {out:?}");
+    }
+    std::fs::write(&log, &original[..original.len() - 10]).unwrap();
+    let out = daemon.cli_output(&["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "{out:?}");
+    std::fs::write(&log, &original).unwrap();
+    assert!(daemon.cli(&["audit", "verify"]).contains("chain intact"));
+}
+
+#[test]
+fn events_follow_sees_a_deny_within_a_second() {
+    if !privileged("events_follow_sees_a_deny_within_a_second") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let other = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, ""));
+    let mut follow = Command::new(governor_bin())
+        .args(["events", "--follow", "--json", "--kind", "denied", "--agent", "a1", "--socket"])
+        .arg(&daemon.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let it connect
+    let denied_at = Instant::now();
+    assert!(workload(Some(&root.path.join("a1")), &["connect", &other.addr("127.0.0.1")]).eperm());
+    let (seen_at, line) = rx.recv_timeout(Duration::from_secs(5)).expect("no deny record streamed");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (r["kind"].as_str(), r["agent"].as_str(), r["details"]["reason"].as_str()),
+        (Some("denied"), Some("a1"), Some("not-allowlisted"))
+    );
+    assert_eq!(r["details"]["examples"][0], other.addr("127.0.0.1").as_str());
+    let lag = seen_at.duration_since(denied_at);
+    assert!(lag < Duration::from_secs(1), "the deny took {lag:?} to reach events --follow");
+    eprintln!("events --follow saw the deny {lag:?} after it happened");
+
+    let text = daemon.cli(&["events", "--since", "10m"]);
+    assert!(text.contains("daemon_start") && text.contains("denied"), "{text}");
+    let top = daemon.cli(&["top", "--count", "2"]);
+    assert!(top.contains("AGENT") && top.contains("a1") && top.contains("enforcing"), "{top}");
+}
+
+#[test]
+fn exec_runs_in_the_agent_as_a_user_and_refuses_root() {
+    if !privileged("exec_runs_in_the_agent_as_a_user_and_refuses_root") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let other = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, ""));
+    let exec = |args: &[&str]| {
+        Command::new(governor_bin())
+            .arg("exec")
+            .args(["--socket"])
+            .arg(&daemon.socket)
+            .args(args)
+            .env_remove("SUDO_UID")
+            .output()
+            .unwrap()
+    };
+
+    let out = exec(&["--agent", "a1", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to start agent \"a1\" as root"), "{out:?}");
+
+    let out = exec(&["--agent", "a1", "--user", "nobody", "--", "sh", "-c", "id -u; cat /proc/self/cgroup"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.starts_with("65534\n") && stdout.contains(&format!("0::/{}/a1", root.relative)), "{stdout}");
+
+    let workload = governor_tests::workload_bin();
+    let out = exec(&[
+        "--agent",
+        "a1",
+        "--user",
+        "nobody",
+        "--",
+        workload.to_str().unwrap(),
+        "connect",
+        &other.addr("127.0.0.1"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "governed: the connect is refused: {out:?}");
+    let out = exec(&[
+        "--agent",
+        "a1",
+        "--user",
+        "nobody",
+        "--",
+        workload.to_str().unwrap(),
+        "connect",
+        &sink.addr("127.0.0.1"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    // The agent cannot move itself out of its cgroup.
+    let escape = format!("echo $$ > {}/cgroup.procs", root.path.display());
+    let out = exec(&["--agent", "a1", "--user", "nobody", "--", "sh", "-c", &escape]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
+
+    // --allow-root is honoured when asked for.
+    assert!(exec(&["--agent", "a1", "--allow-root", "--", "true"]).status.success());
+    // A new agent's cgroup is created on demand (and then discovered).
+    assert!(exec(&["--agent", "fresh", "--user", "nobody", "--", "true"]).status.success());
+    assert!(root.path.join("fresh").is_dir());
+}
