@@ -122,6 +122,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tally: Default::default(),
         notify: hooks.any().then_some(notify_tx.clone()),
         host_interfaces,
+        program_ids: kernel.program_ids(),
         groups,
         cgroup_paths: Default::default(),
         config,

@@ -24,7 +24,7 @@ use crate::{
     audit::AuditLog,
     cgroup::{AgentsRoot, Cgroup2Mount},
     config::{LoadedConfig, Mode},
-    kernel::{AgentCounters, Denial, Kernel, KernelError, KernelMaps, sockets},
+    kernel::{AgentCounters, Denial, KernelError, KernelMaps, sockets},
     policy::Policy,
     status::{
         AgentStatus, DenialRecord, EndpointStatus, EventStats, HostEgressRow, HostEgressStatus, NotificationStats,
@@ -116,6 +116,8 @@ pub struct Governor {
     pub notify: Option<mpsc::Sender<serde_json::Value>>,
     /// Uplinks the host's egress is counted on.
     pub host_interfaces: Vec<String>,
+    /// The kernel's ids of our programs, for their run statistics.
+    pub program_ids: Vec<(&'static str, u32)>,
     /// Who may read and who may control, for the control socket.
     pub groups: Arc<crate::control::auth::AccessGroups>,
     /// Cgroup id -> path cache for naming host egress, refreshed at most once a second.
@@ -426,7 +428,7 @@ impl Governor {
             agents_root: self.root.path.display().to_string(),
             metrics_address: self.metrics_address.to_string(),
             currency: self.policy.currency.clone(),
-            programs: Kernel::program_names().map(str::to_owned).collect(),
+            programs: crate::kernel::program_stats(&self.program_ids),
             events: EventStats { received: events.received, lost, malformed: events.malformed },
             host_budget: core.books.status(HOST, now),
             host_egress,

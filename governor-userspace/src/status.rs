@@ -20,8 +20,9 @@ pub struct Status {
     pub metrics_address: String,
     /// Label of every amount.
     pub currency: String,
-    /// Programs attached to the agents root.
-    pub programs: Vec<String>,
+    /// Programs attached to the agents root (and the uplinks), with the kernel's own run
+    /// statistics (counted while `sysctl kernel.bpf_stats_enabled=1`).
+    pub programs: Vec<crate::kernel::ProgramStats>,
     pub events: EventStats,
     /// The host-wide budget over all agents.
     pub host_budget: Option<BudgetStatus>,

@@ -1,6 +1,7 @@
 //! `cargo xtask`: what cargo alone cannot do for governor: install prerequisites, build the
 //! eBPF object with nightly, run the daemon as root, and run every test, kernel ones included.
 
+mod bench;
 mod build;
 mod prereqs;
 mod run;
@@ -34,6 +35,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure what governing costs against no governor (and nftables) in the same run; writes
+    /// bench/REPORT.md and bench/report.json. Needs root. About 10 minutes; --quick under 2.
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run every test: unit tests and the privileged kernel integration tests.
     /// Set GOVERNOR_REQUIRE_PRIVILEGED=1 to make a skipped kernel test a failure.
     Test {
@@ -50,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build { release } => build::all(release).map(drop),
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args } => test::run(&args),
+        Command::Bench { quick } => bench::run(quick),
     }
 }

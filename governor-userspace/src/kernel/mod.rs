@@ -267,9 +267,48 @@ impl Kernel {
 
     /// Names of the programs attached by `attach`, for status.
     pub fn program_names() -> impl Iterator<Item = &'static str> {
-        SOCK_ADDR_PROGRAMS.into_iter().chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n))
+        SOCK_ADDR_PROGRAMS.into_iter().chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n)).chain([programs::TC_EGRESS])
+    }
+
+    /// The kernel's ids of the loaded programs, by name (for their run statistics).
+    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
+        Self::program_names()
+            .filter_map(|name| self.ebpf.program(name).and_then(|p| p.info().ok()).map(|i| (name, i.id())))
+            .collect()
     }
 }
+
+/// Run statistics of one program, from the kernel's own accounting (counted only while
+/// `kernel.bpf_stats_enabled` is 1).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProgramStats {
+    pub name: String,
+    pub id: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    /// run_time_ns / run_count; null before the first counted run.
+    pub ns_per_run: Option<u64>,
+}
+
+/// Reads the kernel's statistics of the programs in `ids`.
+pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        if let Some((name, id)) = ids.iter().find(|(_, id)| *id == info.id()) {
+            let (count, time) = (info.run_count(), info.run_time().as_nanos() as u64);
+            out.push(ProgramStats {
+                name: (*name).to_owned(),
+                id: *id,
+                run_count: count,
+                run_time_ns: time,
+                ns_per_run: (count > 0).then(|| time / count),
+            });
+        }
+    }
+    out
+}
+
+impl Kernel {}
 
 /// A link's pin name: the program and the id of the cgroup it is attached to.
 fn link_name(program: &str, cgroup_id: u64) -> String {

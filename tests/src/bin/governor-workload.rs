@@ -7,6 +7,9 @@
 //!   governor-workload recv ADDR             connect, read until EOF, report the byte count
 //!   governor-workload sink ADDR             listen, print "listening", take one connection,
 //!                                           read it to the end, report the byte count
+//!   governor-workload accept-loop ADDR      accept and close connections until killed
+//!   governor-workload connect-loop ADDR N   N connects one after another; reports the mean
+//!                                           nanoseconds per connect (and close)
 //!   governor-workload connect-many ADDR N   N connects at once (threads behind a barrier);
 //!                                           reports how many succeeded and how many got EPERM
 //!
@@ -27,6 +30,8 @@ fn main() -> ExitCode {
         ["send", addr, n] => parse(addr).and_then(|a| send(a, n.parse().expect("byte count"))),
         ["recv", addr] => parse(addr).and_then(recv),
         ["sink", addr] => parse(addr).and_then(sink),
+        ["accept-loop", addr] => parse(addr).and_then(accept_loop),
+        ["connect-loop", addr, n] => parse(addr).and_then(|a| connect_loop(a, n.parse().expect("count"))),
         ["connect-many", addr, n] => parse(addr).and_then(|a| connect_many(a, n.parse().expect("count"))),
         _ => {
             eprintln!("usage: governor-workload connect|udp-send|send|recv ADDR [N]");
@@ -34,9 +39,9 @@ fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(Done { bytes, wire_bytes, retrans_bytes, eperm }) => {
+        Ok(Done { bytes, wire_bytes, retrans_bytes, eperm, nanos_per_op }) => {
             println!(
-                "{{\"result\":\"ok\",\"bytes\":{bytes},\"wire_bytes\":{wire_bytes},\"retrans_bytes\":{retrans_bytes},\"eperm\":{eperm}}}"
+                "{{\"result\":\"ok\",\"bytes\":{bytes},\"wire_bytes\":{wire_bytes},\"retrans_bytes\":{retrans_bytes},\"eperm\":{eperm},\"nanos_per_op\":{nanos_per_op}}}"
             );
             ExitCode::SUCCESS
         }
@@ -57,6 +62,8 @@ struct Done {
     retrans_bytes: u64,
     /// connect-many: connects refused with EPERM (`bytes` holds those that succeeded).
     eperm: u64,
+    /// connect-loop: mean nanoseconds per operation.
+    nanos_per_op: u64,
 }
 
 fn timeout() -> Duration {
@@ -95,7 +102,7 @@ fn send(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)?;
     let (wire_bytes, retrans_bytes) = governor_tests::tcp_wire_bytes(&s);
-    Ok(Done { bytes: n, wire_bytes, retrans_bytes, eperm: 0 })
+    Ok(Done { bytes: n, wire_bytes, retrans_bytes, ..Done::default() })
 }
 
 fn recv(addr: SocketAddr) -> std::io::Result<Done> {
@@ -149,5 +156,46 @@ fn sink(addr: SocketAddr) -> std::io::Result<Done> {
             0 => return Ok(Done { bytes: total, ..Done::default() }),
             k => total += k as u64,
         }
+    }
+}
+
+fn connect_loop(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
+    use std::os::fd::AsRawFd as _;
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..n {
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                // Close with a reset: no TIME_WAIT, so a long loop never starves the port range.
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                // SAFETY: setsockopt with a correctly sized linger struct on our own socket.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
+                };
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    let nanos = started.elapsed().as_nanos() as u64;
+    Ok(Done { bytes: n - refused, eperm: refused, nanos_per_op: nanos / n.max(1), ..Done::default() })
+}
+
+fn accept_loop(addr: SocketAddr) -> std::io::Result<Done> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    let listener = std::net::TcpListener::bind(addr)?;
+    // A deep accept queue: with std's 128 a connect storm overflows it and stalls on SYN retries.
+    // SAFETY: listen(2) again on our own listening socket only changes its backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    println!("listening");
+    std::io::stdout().flush()?;
+    loop {
+        drop(listener.accept()?);
     }
 }
