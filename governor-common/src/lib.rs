@@ -47,6 +47,8 @@ pub mod programs {
     pub const SKB_EGRESS: &str = "governor_skb_egress";
     pub const SKB_INGRESS: &str = "governor_skb_ingress";
     pub const TC_EGRESS: &str = "governor_tc_egress";
+    pub const SOCK_CREATE: &str = "governor_sock_create";
+    pub const SOCK_RELEASE: &str = "governor_sock_release";
 }
 
 /// Global set by the loader: the cgroup level of agent cgroups (agents root level + 1).
@@ -66,6 +68,12 @@ pub const REASON_NOT_ALLOWLISTED: u8 = 1;
 pub const REASON_BUDGET: u8 = 2;
 /// An operator paused the agent, or it waits at an oversight checkpoint.
 pub const REASON_PAUSED: u8 = 3;
+/// More new connections than `connections_per_minute` (with `burst`) allow.
+pub const REASON_RATE_LIMIT: u8 = 4;
+/// More live connections than `max_concurrent`.
+pub const REASON_CONCURRENCY: u8 = 5;
+/// A socket agents may not create: raw, packet, ICMP, or a protocol other than TCP and UDP.
+pub const REASON_SOCKET_TYPE: u8 = 6;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
 pub const REASONS: usize = 8;
 
@@ -90,6 +98,10 @@ pub const HOOK_CONNECT: u8 = 1;
 pub const HOOK_SENDMSG: u8 = 2;
 pub const HOOK_EGRESS: u8 = 3;
 pub const HOOK_INGRESS: u8 = 4;
+pub const HOOK_SOCK_CREATE: u8 = 5;
+
+/// `SockTag::flags`: the socket holds one of its agent's `max_concurrent` places.
+pub const TAG_COUNTED: u32 = 1;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -144,7 +156,8 @@ pub struct SockTag {
     pub agent_id: u32,
     pub endpoint_id: u32,
     pub slot: u32,
-    pub _pad: u32,
+    /// `TAG_*` flags.
+    pub flags: u32,
     pub tx_byte: u64,
     pub rx_byte: u64,
 }
@@ -162,8 +175,14 @@ pub struct Control {
     pub generation: u32,
     /// `CONTROL_*` flags.
     pub flags: u32,
+    /// Rate limit (GCRA): nanoseconds between connections at the sustained rate; 0 = no limit.
+    pub rate_interval_ns: u64,
+    /// How far ahead of now the schedule may run: (burst - 1) intervals.
+    pub rate_tolerance_ns: u64,
+    /// Live connections allowed at once; 0 = no limit.
+    pub max_concurrent: u64,
 }
-const _: () = assert!(size_of::<Control>() == 24);
+const _: () = assert!(size_of::<Control>() == 48);
 
 /// Kernel-owned spend of one slot. The daemon only reads it (and seeds it before attaching).
 #[repr(C)]
@@ -176,8 +195,12 @@ pub struct Spend {
     /// while the two are equal.
     pub exhausted_generation: u32,
     pub _pad: u32,
+    /// Rate limit state (GCRA theoretical arrival time, ktime ns); compare-and-swapped.
+    pub tat_ns: u64,
+    /// Live connections now (atomic; taken at connect, given back at socket release).
+    pub live: u64,
 }
-const _: () = assert!(size_of::<Spend>() == 16);
+const _: () = assert!(size_of::<Spend>() == 32);
 const _: () = assert!(offset_of!(Spend, spent) == 0);
 
 /// Key of the per-(agent, endpoint) counters, and the tag stored on each socket.

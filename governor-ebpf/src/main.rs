@@ -8,14 +8,16 @@
 mod agent;
 mod budget;
 mod events;
+mod limits;
 mod maps;
 mod skb;
+mod sock;
 mod sock_addr;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, classifier},
-    programs::{SkBuffContext, SockAddrContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SkBuffContext, SockAddrContext, SockContext, TcContext},
 };
 use governor_common::{HOOK_CONNECT, HOOK_SENDMSG};
 
@@ -47,6 +49,16 @@ pub fn governor_skb_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn governor_skb_ingress(ctx: SkBuffContext) -> i32 {
     skb::count(&ctx, skb::Direction::Ingress)
+}
+
+#[cgroup_sock(sock_create)]
+pub fn governor_sock_create(ctx: SockContext) -> i32 {
+    sock::create(&ctx)
+}
+
+#[cgroup_sock(sock_release)]
+pub fn governor_sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 #[classifier]

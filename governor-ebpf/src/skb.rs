@@ -86,7 +86,7 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
         agent_id: agent.agent_id,
         endpoint_id: ENDPOINT_UNLISTED,
         slot: agent.slot,
-        _pad: 0,
+        flags: 0,
         tx_byte: 0,
         rx_byte: 0,
     };

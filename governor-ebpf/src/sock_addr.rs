@@ -14,13 +14,13 @@ use aya_ebpf::{
 };
 use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DenyEvent,
-    ENDPOINT_UNLISTED, HOOK_SENDMSG, MODE_ENFORCE, REASON_BUDGET, REASON_NOT_ALLOWLISTED, Rule, SockTag, StatsKey,
-    VERDICT_DENIED, VERDICT_WOULD_DENY,
+    ENDPOINT_UNLISTED, HOOK_SENDMSG, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY, REASON_NOT_ALLOWLISTED,
+    REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
     agent::{self, NO_AGENT},
-    budget, events,
+    budget, events, limits,
     maps::{ALLOW_V4, ALLOW_V6, CONN_STATS, SOCK_TAGS, per_cpu_add},
 };
 
@@ -72,20 +72,37 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         return deny(blocked);
     }
     let tag = socket_tag(ctx);
+    // A UDP socket pays the connection price, takes a token and a concurrent place once per
+    // endpoint it sends to (a "flow"); a connect always does.
+    // SAFETY: `tag` is null or a storage slot of the right type.
+    let (same_flow, counted) = unsafe {
+        if tag.is_null() {
+            (false, false)
+        } else {
+            let same = (*tag).agent_id == agent.agent_id && (*tag).endpoint_id == rule.endpoint_id;
+            (hook == HOOK_SENDMSG && same, (*tag).flags & TAG_COUNTED != 0)
+        }
+    };
+    let enforce = agent.mode == MODE_ENFORCE;
+    if !same_flow && enforce && !limits::rate_ok(agent.slot) {
+        return deny(REASON_RATE_LIMIT);
+    }
+    let take_place = !counted && !same_flow;
+    if take_place && !limits::acquire(agent.slot, enforce) {
+        return deny(REASON_CONCURRENCY);
+    }
+    let flags = if counted || take_place { TAG_COUNTED } else { 0 };
     if !listed {
         per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
         report(&agent, hook, REASON_NOT_ALLOWLISTED, VERDICT_WOULD_DENY, protocol, port, dest);
-        set_tag(tag, &agent, &rule);
+        set_tag(tag, &agent, &rule, flags);
         return ALLOW;
     }
-    // A UDP socket pays the connection price once per endpoint it sends to (a "flow"); a
-    // connect always pays.
-    let same_flow = hook == HOOK_SENDMSG
-        && !tag.is_null()
-        // SAFETY: non-null storage slot of the right type.
-        && unsafe { (*tag).agent_id == agent.agent_id && (*tag).endpoint_id == rule.endpoint_id };
     let cost = if same_flow { 0 } else { rule.prices.connection };
     if !budget::charge_agent(agent.slot, cost) {
+        if take_place {
+            limits::release(agent.slot);
+        }
         return deny(REASON_BUDGET);
     }
     let flow = u64::from(!same_flow);
@@ -93,7 +110,7 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         c.allowed += 1;
         c.flows += flow;
     });
-    set_tag(tag, &agent, &rule);
+    set_tag(tag, &agent, &rule, flags);
     ALLOW
 }
 
@@ -174,9 +191,10 @@ fn socket_tag(ctx: &SockAddrContext) -> *mut SockTag {
     }
 }
 
-/// Remembers on the socket who pays for its packets and at what price per byte.
+/// Remembers on the socket who pays for its packets, at what price per byte, and whether it
+/// holds a concurrent place (given back by `sock_release`).
 #[inline(always)]
-fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule) {
+fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule, flags: u32) {
     if tag.is_null() {
         return;
     }
@@ -186,7 +204,7 @@ fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule) {
             agent_id: agent.agent_id,
             endpoint_id: rule.endpoint_id,
             slot: agent.slot,
-            _pad: 0,
+            flags,
             tx_byte: rule.prices.tx_byte,
             rx_byte: rule.prices.rx_byte,
         };

@@ -79,6 +79,7 @@ impl AgentTable {
         for a in &policy.agents {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
             books.set_checkpoints(&a.name, a.checkpoints.clone());
+            books.set_limits(&a.name, a.limits, maps)?;
             let cgroup_id = root.ensure_agent(&a.cgroup)?;
             let agent = Agent {
                 id: a.id,

@@ -407,6 +407,12 @@ impl Governor {
                     totals,
                     budget,
                     paused,
+                    limits: core.books.account(&a.name).map(|acc| acc.limits).unwrap_or_default(),
+                    live_connections: core
+                        .books
+                        .account(&a.name)
+                        .and_then(|acc| core.maps.spend(acc.slot).ok())
+                        .map_or(0, |s| s.live),
                     endpoints,
                 }
             })

@@ -72,6 +72,10 @@ pub struct AgentStatus {
     pub budget: Option<BudgetStatus>,
     /// Set while paused by an operator or waiting at a checkpoint.
     pub paused: Option<PauseStatus>,
+    /// Configured rate and concurrency limits.
+    pub limits: crate::policy::Limits,
+    /// Connections (and UDP flows) open now, counted against `limits.max_concurrent`.
+    pub live_connections: u64,
     pub endpoints: Vec<EndpointStatus>,
 }
 

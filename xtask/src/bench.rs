@@ -138,7 +138,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = Command::new("nft").args(["delete", "table", "inet", "governor_bench"]).output();
         kill_tree(&self.root);
-        let pins = Path::new("/sys/fs/bpf/governor/v1")
+        let pins = Path::new("/sys/fs/bpf/governor/v2")
             .join(self.root.to_string_lossy().trim_start_matches('/').replace('/', "_"));
         let _ = std::fs::remove_dir_all(pins);
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -39,15 +39,18 @@ pub struct Account {
     pub paused: Option<Pause>,
     pub checkpoints: CheckpointSpec,
     pub marks: Marks,
+    pub limits: crate::policy::Limits,
 }
 
 impl Account {
-    /// What the kernel must enforce: the budget's ceiling, and the pause.
+    /// What the kernel must enforce: the budget's ceiling, the pause, the limits.
     fn control(&self) -> Control {
         let mut c = self.ledger.control(&self.spec);
         if self.paused.is_some() {
             c.flags |= CONTROL_PAUSED;
         }
+        (c.rate_interval_ns, c.rate_tolerance_ns) = self.limits.rate_ns();
+        c.max_concurrent = self.limits.max_concurrent.unwrap_or(0);
         c
     }
 }
@@ -199,6 +202,7 @@ impl Books {
             paused,
             checkpoints: CheckpointSpec::default(),
             marks,
+            limits: Default::default(),
         };
         maps.set_control(slot, account.control())?;
         self.accounts.insert(owner.to_owned(), account);
@@ -274,6 +278,20 @@ impl Books {
         }
         maps.set_control(a.slot, a.control())?;
         Ok(Some(was))
+    }
+
+    /// Sets `owner`'s rate and concurrency limits (from the config); the kernel has them at once.
+    pub fn set_limits(
+        &mut self,
+        owner: &str,
+        limits: crate::policy::Limits,
+        maps: &mut KernelMaps,
+    ) -> Result<(), KernelError> {
+        if let Some(a) = self.accounts.get_mut(owner) {
+            a.limits = limits;
+            maps.set_control(a.slot, a.control())?;
+        }
+        Ok(())
     }
 
     /// Sets `owner`'s checkpoint milestones (from the config).

@@ -157,12 +157,19 @@ impl Ledger {
     /// The budget state the kernel must enforce.
     pub fn control(&self, spec: &BudgetSpec) -> Control {
         match spec.limit {
-            None => Control { ceiling: u64::MAX, window_base: self.window_base, generation: self.generation, flags: 0 },
+            None => Control {
+                ceiling: u64::MAX,
+                window_base: self.window_base,
+                generation: self.generation,
+                flags: 0,
+                ..Control::default()
+            },
             Some(limit) => Control {
                 ceiling: self.window_base.saturating_add(limit.0),
                 window_base: self.window_base,
                 generation: self.generation,
                 flags: if spec.on_exhausted == OnExhausted::Suspend { CONTROL_ENFORCE_CEILING } else { 0 },
+                ..Control::default()
             },
         }
     }
@@ -217,7 +224,13 @@ mod tests {
         let l = Ledger::new(0, 250);
         assert_eq!(
             l.control(&s),
-            Control { ceiling: 1250, window_base: 250, generation: 1, flags: CONTROL_ENFORCE_CEILING }
+            Control {
+                ceiling: 1250,
+                window_base: 250,
+                generation: 1,
+                flags: CONTROL_ENFORCE_CEILING,
+                ..Control::default()
+            }
         );
         let alert = BudgetSpec { on_exhausted: OnExhausted::Alert, ..s };
         assert_eq!(l.control(&alert).flags, 0);

@@ -6,8 +6,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    AgentConfig, BudgetConfig, CheckpointConfig, Config, DaemonConfig, EndpointConfig, HostConfig, Mode, NotifyConfig,
-    OnExhausted, PriceConfig, Protocol, UnlistedAgents,
+    AgentConfig, BudgetConfig, CheckpointConfig, Config, DaemonConfig, EndpointConfig, HostConfig, LimitsConfig, Mode,
+    NotifyConfig, OnExhausted, PriceConfig, Protocol, UnlistedAgents,
 };
 pub use validate::Cidr;
 

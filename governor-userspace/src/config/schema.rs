@@ -267,6 +267,19 @@ pub struct AgentConfig {
     pub on_exhausted: OnExhausted,
     #[serde(default)]
     pub checkpoints: Option<Spanned<CheckpointConfig>>,
+    #[serde(default)]
+    pub limits: Option<Spanned<LimitsConfig>>,
+}
+
+/// `limits = { connections_per_minute = 600, burst = 50, max_concurrent = 32 }`, enforced in the
+/// kernel (observe-mode agents are counted, never refused).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub connections_per_minute: Option<Spanned<i64>>,
+    /// Connections allowed at once above the sustained rate; default: a tenth of a minute's worth.
+    pub burst: Option<Spanned<i64>>,
+    pub max_concurrent: Option<Spanned<i64>>,
 }
 
 impl AgentConfig {

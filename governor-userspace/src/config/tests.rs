@@ -250,3 +250,21 @@ fn no_budget_and_a_zero_budget_are_different() {
         load(&GOOD.replace("mode = \"enforce\"", "mode = \"enforce\"\nbudget = { limit = \"0\" }")).unwrap().config;
     assert_eq!(zero.agents[0].budget.as_ref().unwrap().get_ref().limit.get_ref(), "0");
 }
+
+#[test]
+fn limits_load_and_bad_limits_are_refused() {
+    let with = |l: &str| GOOD.replace("mode = \"enforce\"", &format!("mode = \"enforce\"\nlimits = {l}"));
+    let c = load(&with("{ connections_per_minute = 600, burst = 50, max_concurrent = 32 }")).unwrap().config;
+    assert!(c.agents[0].limits.is_some());
+    for (l, needle) in [
+        ("{ connections_per_minute = 0 }", "agent[0].limits.connections_per_minute: 0 must be from 1"),
+        ("{ connections_per_minute = -5 }", "-5 must be from 1"),
+        ("{ max_concurrent = 0 }", "agent[0].limits.max_concurrent: 0 must be from 1"),
+        ("{ burst = 5 }", "burst needs connections_per_minute"),
+        ("{ connections_per_minute = 10, per_second = 1 }", "unknown field `per_second`"),
+        ("{ connections_per_minute = \"10\" }", "invalid type: string"),
+    ] {
+        let e = error(&with(l));
+        assert!(e.contains(needle), "expected {needle:?} in {e}");
+    }
+}

@@ -4,8 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use governor_common::{
-    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, REASON_BUDGET,
-    REASON_NOT_ALLOWLISTED, REASON_PAUSED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCK_CREATE,
+    REASON_BUDGET, REASON_CONCURRENCY, REASON_NOT_ALLOWLISTED, REASON_PAUSED, REASON_RATE_LIMIT, REASON_SOCKET_TYPE,
+    VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,9 @@ pub fn reason_name(code: u8) -> Option<&'static str> {
         REASON_NOT_ALLOWLISTED => Some("not-allowlisted"),
         REASON_BUDGET => Some("budget"),
         REASON_PAUSED => Some("paused"),
+        REASON_RATE_LIMIT => Some("rate-limit"),
+        REASON_CONCURRENCY => Some("concurrency"),
+        REASON_SOCKET_TYPE => Some("socket-type"),
         _ => None,
     }
 }
@@ -62,6 +66,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
         HOOK_SENDMSG => "sendmsg",
         HOOK_EGRESS => "egress",
         HOOK_INGRESS => "ingress",
+        HOOK_SOCK_CREATE => "sock_create",
         v => return Err(code("hook", v)),
     };
     let ip: Option<IpAddr> = match (e.family, e.hook) {
@@ -70,12 +75,17 @@ pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
         }
         (AF_INET6, HOOK_CONNECT | HOOK_SENDMSG) => Some(Ipv6Addr::from(e.addr).into()),
         (0, HOOK_EGRESS | HOOK_INGRESS) => None,
+        // The socket's family, type (in `port`) and protocol: there is no destination yet.
+        (_, HOOK_SOCK_CREATE) => None,
         (v, _) => return Err(code("family", v)),
     };
-    let destination = ip.map(|ip| match ip {
-        IpAddr::V4(a) => format!("{a}:{}", e.port),
-        IpAddr::V6(a) => format!("[{a}]:{}", e.port),
-    });
+    let destination = match e.hook {
+        HOOK_SOCK_CREATE => Some(format!("socket(family {}, type {}, protocol {})", e.family, e.port, e.protocol)),
+        _ => ip.map(|ip| match ip {
+            IpAddr::V4(a) => format!("{a}:{}", e.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", e.port),
+        }),
+    };
     Ok(Denial {
         timestamp_ns: e.timestamp_ns,
         cgroup_id: e.cgroup_id,

@@ -14,7 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier, TcAttachType, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::FdLink,
     },
 };
 use governor_common::{GLOBAL_AGENT_LEVEL, maps as map_names, programs};
@@ -89,6 +90,7 @@ pub struct Kernel {
 }
 
 const SOCK_ADDR_PROGRAMS: [&str; 4] = [programs::CONNECT4, programs::CONNECT6, programs::SENDMSG4, programs::SENDMSG6];
+const SOCK_PROGRAMS: [&str; 2] = [programs::SOCK_CREATE, programs::SOCK_RELEASE];
 const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
     [(programs::SKB_EGRESS, CgroupSkbAttachType::Egress), (programs::SKB_INGRESS, CgroupSkbAttachType::Ingress)];
 
@@ -140,6 +142,32 @@ impl Kernel {
             )? {
                 let prog: &mut CgroupSockAddr = self.program(name)?;
                 // Single: on 5.7+ aya makes a bpf_link, which coexists with other programs anyway.
+                let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|source| KernelError::Program {
+                    name,
+                    op: "attach",
+                    source,
+                })?;
+                let link =
+                    prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
+                pin_link(
+                    name,
+                    FdLink::try_from(link).map_err(|e| KernelError::Link {
+                        name,
+                        path: pin.clone(),
+                        op: "convert to fd link",
+                        source: std::io::Error::other(e.to_string()),
+                    })?,
+                    &pin,
+                )?;
+            }
+        }
+        for name in SOCK_PROGRAMS {
+            let pin = self.pins.link(&link_name(name, root_id));
+            let prog: &mut CgroupSock = self.program(name)?;
+            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
+            let fd = prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?;
+            if !update_pinned(name, &pin, fd.as_fd())? {
+                let prog: &mut CgroupSock = self.program(name)?;
                 let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|source| KernelError::Program {
                     name,
                     op: "attach",
@@ -267,7 +295,11 @@ impl Kernel {
 
     /// Names of the programs attached by `attach`, for status.
     pub fn program_names() -> impl Iterator<Item = &'static str> {
-        SOCK_ADDR_PROGRAMS.into_iter().chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n)).chain([programs::TC_EGRESS])
+        SOCK_ADDR_PROGRAMS
+            .into_iter()
+            .chain(SOCK_PROGRAMS)
+            .chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n))
+            .chain([programs::TC_EGRESS])
     }
 
     /// The kernel's ids of the loaded programs, by name (for their run statistics).

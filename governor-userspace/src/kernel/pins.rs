@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever any map's key or value layout changes.
-pub const LAYOUT_VERSION: &str = "v1";
+pub const LAYOUT_VERSION: &str = "v2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -85,7 +85,7 @@ mod tests {
     fn pin_dirs_are_per_agents_root_and_versioned() {
         assert_eq!(
             pin_dir(Path::new("/sys/fs/bpf"), Path::new("/sys/fs/cgroup/unified/governor.agents")),
-            Path::new("/sys/fs/bpf/governor/v1/sys_fs_cgroup_unified_governor.agents")
+            Path::new("/sys/fs/bpf/governor/v2/sys_fs_cgroup_unified_governor.agents")
         );
     }
 }

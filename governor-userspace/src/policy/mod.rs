@@ -47,8 +47,31 @@ pub struct CompiledAgent {
     pub mode: Mode,
     pub budget: BudgetSpec,
     pub checkpoints: CheckpointSpec,
+    pub limits: Limits,
     pub rules_v4: Vec<Entry<AllowKeyV4>>,
     pub rules_v6: Vec<Entry<AllowKeyV6>>,
+}
+
+/// Rate and concurrency limits as the kernel enforces them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub connections_per_minute: Option<u64>,
+    pub burst: Option<u64>,
+    pub max_concurrent: Option<u64>,
+}
+
+impl Limits {
+    /// GCRA parameters: nanoseconds between connections, and how far ahead the schedule may run.
+    pub fn rate_ns(&self) -> (u64, u64) {
+        match self.connections_per_minute {
+            None => (0, 0),
+            Some(cpm) => {
+                let interval = 60_000_000_000 / cpm.max(1);
+                let burst = self.burst.unwrap_or((cpm / 10).max(1));
+                (interval, interval * (burst.max(1) - 1))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +195,15 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
                         .as_ref()
                         .map(|e| parse_duration(e.get_ref()).expect("validated duration").as_secs() as i64),
                     every_connections: c.every_connections.as_ref().map(|n| *n.get_ref() as u64),
+                }
+            }),
+            limits: agent.limits.as_ref().map_or_else(Limits::default, |l| {
+                let l = l.get_ref();
+                let n = |v: &Option<toml::Spanned<i64>>| v.as_ref().map(|v| *v.get_ref() as u64);
+                Limits {
+                    connections_per_minute: n(&l.connections_per_minute),
+                    burst: n(&l.burst),
+                    max_concurrent: n(&l.max_concurrent),
                 }
             }),
             rules_v4: Vec::new(),

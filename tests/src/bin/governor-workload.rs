@@ -8,6 +8,13 @@
 //!   governor-workload sink ADDR             listen, print "listening", take one connection,
 //!                                           read it to the end, report the byte count
 //!   governor-workload accept-loop ADDR      accept and close connections until killed
+//!   governor-workload tfo ADDR              TCP Fast Open: sendto(MSG_FASTOPEN) with no connect
+//!   governor-workload sendmmsg ADDR         two UDP datagrams in one sendmmsg, unconnected
+//!   governor-workload uring-connect ADDR    connect through io_uring
+//!   governor-workload socket KIND           create a raw, icmp, packet or sctp socket
+//!   governor-workload hold ADDR N SECS      open N connections (ok/eperm counted), hold them SECS
+//!   governor-workload scan N PORT           connect to N distinct loopback addresses (127/8 and
+//!                                           ::1 ports); reports how many were refused
 //!   governor-workload connect-loop ADDR N   N connects one after another; reports the mean
 //!                                           nanoseconds per connect (and close)
 //!   governor-workload connect-many ADDR N   N connects at once (threads behind a barrier);
@@ -31,6 +38,14 @@ fn main() -> ExitCode {
         ["recv", addr] => parse(addr).and_then(recv),
         ["sink", addr] => parse(addr).and_then(sink),
         ["accept-loop", addr] => parse(addr).and_then(accept_loop),
+        ["tfo", addr] => parse(addr).and_then(tfo),
+        ["sendmmsg", addr] => parse(addr).and_then(send_mmsg),
+        ["uring-connect", addr] => parse(addr).and_then(uring_connect),
+        ["socket", kind] => make_socket(kind),
+        ["hold", addr, n, secs] => {
+            parse(addr).and_then(|a| hold(a, n.parse().expect("count"), secs.parse().expect("seconds")))
+        }
+        ["scan", n, port] => scan(n.parse().expect("count"), port.parse().expect("port")),
         ["connect-loop", addr, n] => parse(addr).and_then(|a| connect_loop(a, n.parse().expect("count"))),
         ["connect-many", addr, n] => parse(addr).and_then(|a| connect_many(a, n.parse().expect("count"))),
         _ => {
@@ -198,4 +213,140 @@ fn accept_loop(addr: SocketAddr) -> std::io::Result<Done> {
     loop {
         drop(listener.accept()?);
     }
+}
+
+/// A sockaddr for `addr`, as the raw system calls want it.
+fn raw_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the matching family's fields.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+            // SAFETY: sockaddr_storage is large enough for sockaddr_in.
+            unsafe {
+                (*sin).sin_family = libc::AF_INET as u16;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            }
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+            // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
+            unsafe {
+                (*sin6).sin6_family = libc::AF_INET6 as u16;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr.s6_addr = a.ip().octets();
+            }
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn family(addr: SocketAddr) -> i32 {
+    if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
+}
+
+fn check(rc: isize) -> std::io::Result<isize> {
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn tfo(addr: SocketAddr) -> std::io::Result<Done> {
+    // SAFETY: plain socket calls on a socket this function owns.
+    unsafe {
+        let fd = check(libc::socket(family(addr), libc::SOCK_STREAM, 0) as isize)? as i32;
+        let (ss, len) = raw_addr(addr);
+        let r = check(libc::sendto(fd, b"hi".as_ptr().cast(), 2, libc::MSG_FASTOPEN, (&raw const ss).cast(), len));
+        libc::close(fd);
+        r.map(|n| Done { bytes: n as u64, ..Done::default() })
+    }
+}
+
+fn send_mmsg(addr: SocketAddr) -> std::io::Result<Done> {
+    // SAFETY: plain socket calls; the message headers point at live locals.
+    unsafe {
+        let fd = check(libc::socket(family(addr), libc::SOCK_DGRAM, 0) as isize)? as i32;
+        let (mut ss, len) = raw_addr(addr);
+        let mut payload = *b"governor";
+        let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+        let mut hdr: libc::mmsghdr = std::mem::zeroed();
+        hdr.msg_hdr.msg_name = (&raw mut ss).cast();
+        hdr.msg_hdr.msg_namelen = len;
+        hdr.msg_hdr.msg_iov = &raw mut iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+        let mut msgs = [hdr, hdr];
+        let r = check(libc::sendmmsg(fd, msgs.as_mut_ptr(), 2, 0) as isize);
+        libc::close(fd);
+        r.map(|n| Done { bytes: n as u64, ..Done::default() })
+    }
+}
+
+fn uring_connect(addr: SocketAddr) -> std::io::Result<Done> {
+    use io_uring::{IoUring, opcode, types};
+    let mut ring = IoUring::new(4)?;
+    // SAFETY: a socket this function owns, closed at the end.
+    let fd = unsafe { check(libc::socket(family(addr), libc::SOCK_STREAM, 0) as isize)? as i32 };
+    let (ss, len) = raw_addr(addr);
+    let connect = opcode::Connect::new(types::Fd(fd), (&raw const ss).cast(), len).build();
+    // SAFETY: `ss` outlives the submission (we wait for its completion below).
+    unsafe { ring.submission().push(&connect).map_err(std::io::Error::other)? };
+    ring.submit_and_wait(1)?;
+    let result = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    if result < 0 { Err(std::io::Error::from_raw_os_error(-result)) } else { Ok(Done::default()) }
+}
+
+fn make_socket(kind: &str) -> std::io::Result<Done> {
+    let (fam, ty, proto) = match kind {
+        "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+        "icmp" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        "packet" => (libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be())),
+        "sctp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+        "tcp" => (libc::AF_INET, libc::SOCK_STREAM, 0),
+        _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("socket kind {kind}"))),
+    };
+    // SAFETY: socket(2); closed at once.
+    unsafe {
+        let fd = check(libc::socket(fam, ty, proto) as isize)? as i32;
+        libc::close(fd);
+    }
+    Ok(Done::default())
+}
+
+fn hold(addr: SocketAddr, n: u64, secs: u64) -> std::io::Result<Done> {
+    let mut held = Vec::new();
+    let mut done = Done::default();
+    for _ in 0..n {
+        match connect(addr) {
+            Ok(s) => {
+                held.push(s);
+                done.bytes += 1;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => done.eperm += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(secs));
+    Ok(done)
+}
+
+fn scan(n: u64, port: u16) -> std::io::Result<Done> {
+    let mut done = Done::default();
+    for i in 0..n {
+        let addr: SocketAddr = if i % 10 == 9 {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port.wrapping_add(i as u16))
+        } else {
+            let j = i as u32 + 1;
+            SocketAddr::new(std::net::Ipv4Addr::new(127, (j >> 16) as u8, (j >> 8) as u8, j as u8).into(), port)
+        };
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => done.bytes += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => done.eperm += 1,
+            Err(_) => {}
+        }
+    }
+    Ok(done)
 }

@@ -1,0 +1,95 @@
+//! Socket lifetime hooks for agents: `sock_create` refuses what the network hooks cannot
+//! govern (raw and ICMP sockets, protocols other than TCP and UDP), whatever the agent's
+//! privileges; `sock_release` gives back a concurrent place the socket held.
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    bindings::bpf_sock,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_storage_get},
+    programs::SockContext,
+};
+use governor_common::{
+    AF_INET, AF_INET6, ConnCounters, DenyEvent, ENDPOINT_UNLISTED, HOOK_SOCK_CREATE, IPPROTO_TCP, IPPROTO_UDP,
+    MODE_ENFORCE, REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+};
+
+use crate::{
+    agent::{self, NO_AGENT},
+    events, limits,
+    maps::{CONN_STATS, SOCK_TAGS, per_cpu_add},
+};
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+/// The verdict on a new IPv4/IPv6 socket (the hook runs for those families only).
+#[inline(always)]
+pub fn create(ctx: &SockContext) -> i32 {
+    let agent = agent::of_current_task();
+    if agent.agent_id == NO_AGENT {
+        return 1;
+    }
+    let sk = ctx.sock;
+    // SAFETY: 32-bit context reads.
+    let (family, kind, protocol) = unsafe {
+        (
+            read_volatile(addr_of!((*sk).family)),
+            read_volatile(addr_of!((*sk).type_)),
+            read_volatile(addr_of!((*sk).protocol)),
+        )
+    };
+    let inet = family == u32::from(AF_INET) || family == u32::from(AF_INET6);
+    let tcp = kind == SOCK_STREAM && (protocol == 0 || protocol == u32::from(IPPROTO_TCP));
+    let udp = kind == SOCK_DGRAM && (protocol == 0 || protocol == u32::from(IPPROTO_UDP));
+    if !inet || tcp || udp {
+        return 1;
+    }
+    let enforce = agent.mode == MODE_ENFORCE;
+    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
+    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
+        if enforce {
+            c.denied[REASON_SOCKET_TYPE as usize] += 1;
+        } else {
+            c.would_deny += 1;
+        }
+    });
+    // SAFETY: helpers without pointer arguments.
+    let (timestamp_ns, cgroup_id, pid) =
+        unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
+    events::send(&DenyEvent {
+        timestamp_ns,
+        cgroup_id,
+        agent_id: agent.agent_id,
+        pid,
+        reason: REASON_SOCKET_TYPE,
+        verdict: if enforce { VERDICT_DENIED } else { VERDICT_WOULD_DENY },
+        protocol: protocol as u8,
+        family: family as u8,
+        port: kind as u16,
+        hook: HOOK_SOCK_CREATE,
+        _pad: 0,
+        addr: [0; 16],
+    });
+    if enforce { 0 } else { 1 }
+}
+
+/// Gives back the concurrent place a closing socket held.
+#[inline(always)]
+pub fn release(ctx: &SockContext) -> i32 {
+    let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: the context's own socket; the helper returns null or a storage slot.
+    let tag = unsafe { bpf_sk_storage_get(addr_of!(SOCK_TAGS).cast_mut().cast(), sk.cast(), core::ptr::null_mut(), 0) }
+        .cast::<SockTag>();
+    if tag.is_null() {
+        return 1;
+    }
+    // SAFETY: non-null storage slot of the right type.
+    unsafe {
+        if (*tag).flags & TAG_COUNTED != 0 {
+            (*tag).flags &= !TAG_COUNTED;
+            limits::release((*tag).slot);
+        }
+    }
+    1
+}
