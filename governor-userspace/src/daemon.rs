@@ -62,7 +62,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics_address = metrics_listener.local_addr()?;
 
     let pins = PinDir::open(&root.path)?;
-    let mut kernel = Kernel::load(root.agent_level, pins)?;
+    let mut kernel = Kernel::load(root.agent_level, *d.events_buffer_bytes.get_ref() as u32, pins)?;
     let adopted = kernel.adopted;
     let (mut maps, events) = kernel.take_maps()?;
     let now = unix_now();
@@ -165,12 +165,22 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     if let Err(e) = governor.tick(unix_now(), true) {
         tracing::error!(error = %e, "final accounting failed");
     }
-    kernel.detach();
-    let _ = governor.audit("daemon_stop", None, json!({ "pid": std::process::id(), "programs": "detached" }));
+    let on_exit = governor.config.config.daemon.on_daemon_exit;
+    let programs = match on_exit {
+        crate::config::OnDaemonExit::Detach => {
+            kernel.detach();
+            "detached"
+        }
+        crate::config::OnDaemonExit::Enforce => {
+            drop(kernel);
+            "left enforcing (on_daemon_exit = \"enforce\")"
+        }
+    };
+    let _ = governor.audit("daemon_stop", None, json!({ "pid": std::process::id(), "programs": programs }));
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(path = %socket_path.display(), error = %e, "could not remove the control socket");
     }
-    tracing::info!("programs detached; maps stay pinned with the spend; governor stopped");
+    tracing::info!(programs, "governor stopped; maps stay pinned with the spend");
     result
 }
 

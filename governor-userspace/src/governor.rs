@@ -100,6 +100,8 @@ pub struct Tally {
     pub next_notice: u64,
     /// Per agent: the totals at the last traffic summary written to the audit log.
     pub summarized: BTreeMap<String, AgentCounters>,
+    /// Ring buffer losses already written to the audit log, and when that was checked.
+    pub lost_recorded: (u64, i64),
 }
 
 pub struct Governor {
@@ -180,6 +182,7 @@ impl Governor {
     /// audit record is written, then the notice is queued for the hooks.
     pub fn tick(&self, now: i64, force_save: bool) -> Result<(), KernelError> {
         self.flush_denials();
+        self.record_event_gap(now)?;
         let (notices, checkpoints, saved) = {
             let mut core = self.core();
             let Core { maps, books, agents } = &mut *core;
@@ -295,6 +298,26 @@ impl Governor {
                 tally.summarized.insert(a.name.clone(), a.totals.clone());
             }
         }
+    }
+
+    /// Writes a gap record when the kernel dropped deny events (ring buffer full): how many, and
+    /// between which times. The counts are unaffected: they live in maps.
+    fn record_event_gap(&self, now: i64) -> Result<(), KernelError> {
+        let lost = self.core().maps.events_lost()?;
+        let (recorded, since) = self.tally().lost_recorded;
+        if lost > recorded {
+            tracing::warn!(
+                lost = lost - recorded,
+                "the kernel dropped deny events (ring buffer full); counters are unaffected"
+            );
+            let details = json!({ "count": lost - recorded, "from": rfc3339(since), "to": rfc3339(now), "counters": "unaffected" });
+            if self.audit("events_lost", None, details).is_ok() {
+                self.tally().lost_recorded = (lost, now);
+            }
+        } else {
+            self.tally().lost_recorded = (recorded.max(lost), now);
+        }
+        Ok(())
     }
 
     /// Writes the denials gathered since the last flush as aggregated audit records.

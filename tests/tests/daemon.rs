@@ -107,7 +107,7 @@ fn sigterm_detaches_every_program() {
     }
     let root = AgentsRoot::new();
     let other = Server::start(Serve::Sink);
-    let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    let mut daemon = Daemon::start(&root, "on_daemon_exit = \"detach\"\n[[agent]]\nname = \"a1\"\n");
     let agent = root.path.join("a1");
     assert!(workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]).eperm(), "empty allowlist denies");
 
@@ -144,4 +144,45 @@ fn status_without_a_daemon_says_what_to_do() {
         stderr.contains("cannot connect to governor at /nonexistent/governor.sock") && stderr.contains("governor run"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_clean_stop_keeps_enforcing_by_default() {
+    if !privileged("a_clean_stop_keeps_enforcing_by_default") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let other = Server::start(Serve::Sink);
+    let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    assert!(daemon.stop().success());
+    // on_daemon_exit = "enforce": the pinned programs still refuse while no daemon runs.
+    assert!(workload(Some(&root.path.join("a1")), &["connect", &other.addr("127.0.0.1")]).eperm());
+    let stop = daemon.audit_log().into_iter().find(|r| r["kind"] == "daemon_stop").unwrap();
+    assert!(stop["details"]["programs"].as_str().unwrap().contains("left enforcing"), "{stop}");
+}
+
+#[test]
+fn lost_events_leave_a_gap_record_and_no_count_is_lost() {
+    if !privileged("lost_events_leave_a_gap_record_and_no_count_is_lost") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    // A 4 KiB ring buffer holds about 80 events: a 5,000-address scan overflows it.
+    let daemon = Daemon::start(&root, "events_buffer_bytes = 4096\n[[agent]]\nname = \"a1\"\n");
+    let out = workload(Some(&root.path.join("a1")), &["scan", "5000", "9"]);
+    assert_eq!(out.json["eperm"], 5000, "{out:?}");
+    let s = daemon.wait_until("gap recorded", 5, |_| daemon.audit_log().iter().any(|r| r["kind"] == "events_lost"));
+    let lost = s["events"]["lost"].as_u64().unwrap();
+    assert!(lost > 0, "the small buffer should have overflowed: {s:#}");
+    // Every refusal is still counted, lost events or not.
+    assert_eq!(daemon.counters("a1", "(unlisted)").denied, 5000);
+    let gap: u64 = daemon
+        .audit_log()
+        .iter()
+        .filter(|r| r["kind"] == "events_lost")
+        .map(|r| r["details"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(gap, lost, "the gap records account for every lost event");
+    let metrics = daemon.metrics();
+    assert!(metrics.lines().any(|l| l == format!("governor_events_lost_total {lost}")), "{metrics}");
 }

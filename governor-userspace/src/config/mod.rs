@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub use schema::{
     AgentConfig, BudgetConfig, CheckpointConfig, Config, DaemonConfig, EndpointConfig, HostConfig, LimitsConfig, Mode,
-    NotifyConfig, OnExhausted, PriceConfig, Protocol, UnlistedAgents,
+    NotifyConfig, OnDaemonExit, OnExhausted, PriceConfig, Protocol, UnlistedAgents,
 };
 pub use validate::Cidr;
 
@@ -96,5 +96,7 @@ fn key_at(text: &str, offset: usize) -> String {
     if key.is_empty() || line.starts_with('#') { "(syntax)".to_owned() } else { key.to_owned() }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -58,6 +58,27 @@ pub struct DaemonConfig {
     /// Members may also control agents: pause, resume, kill, ack (root always may).
     #[serde(default)]
     pub admin_group: Option<Spanned<String>>,
+    /// What a clean stop does to the programs: keep enforcing from bpffs, or detach them.
+    #[serde(default)]
+    pub on_daemon_exit: OnDaemonExit,
+    /// Size of the kernel-to-daemon event ring buffer (a power of two, 4096 or more). Events
+    /// beyond it are dropped, counted and recorded as a gap; counters never are.
+    #[serde(default = "default_events_buffer")]
+    pub events_buffer_bytes: Spanned<i64>,
+}
+
+fn default_events_buffer() -> Spanned<i64> {
+    Spanned::new(0..0, 256 * 1024)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDaemonExit {
+    /// Programs, links and maps stay pinned: allowlists, budgets and pauses keep holding.
+    #[default]
+    Enforce,
+    /// A clean stop removes the programs (a crash never does).
+    Detach,
 }
 
 impl Default for DaemonConfig {
@@ -74,6 +95,8 @@ impl Default for DaemonConfig {
             audit_keep: default_audit_keep(),
             read_group: None,
             admin_group: None,
+            on_daemon_exit: OnDaemonExit::default(),
+            events_buffer_bytes: default_events_buffer(),
         }
     }
 }

@@ -11,7 +11,7 @@ fn error(text: &str) -> String {
     load(text).expect_err("config should be refused").to_string()
 }
 
-const GOOD: &str = r#"
+pub(super) const GOOD: &str = r#"
 [daemon]
 agents_root = "governor.agents"
 socket = "/run/governor/governor.sock"

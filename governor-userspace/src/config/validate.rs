@@ -322,6 +322,14 @@ fn validate_daemon(config: &Config) -> Result<(), Problem> {
     {
         return Err(problem(d.currency.span(), "daemon.currency", "must be a short label such as \"USD\""));
     }
+    let eb = *d.events_buffer_bytes.get_ref();
+    if !(4096..=1 << 30).contains(&eb) || (eb as u64).count_ones() != 1 {
+        return Err(problem(
+            d.events_buffer_bytes.span(),
+            "daemon.events_buffer_bytes",
+            format!("{eb} must be a power of two from 4096 to 1073741824"),
+        ));
+    }
     if *d.audit_max_bytes.get_ref() < 4096 {
         return Err(problem(d.audit_max_bytes.span(), "daemon.audit_max_bytes", "must be at least 4096"));
     }

@@ -97,13 +97,14 @@ const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
 impl Kernel {
     /// Loads the embedded programs for agents at cgroup level `agent_level`, reusing the maps
     /// pinned in `pins` if there are any. Nothing is attached yet.
-    pub fn load(agent_level: u32, pins: PinDir) -> Result<Self, KernelError> {
+    pub fn load(agent_level: u32, events_buffer_bytes: u32, pins: PinDir) -> Result<Self, KernelError> {
         if OBJECT.is_empty() {
             return Err(KernelError::NoObject);
         }
         let adopted = pins.map(map_names::SPEND).exists();
         let mut loader = EbpfLoader::new();
         loader.override_global(GLOBAL_AGENT_LEVEL, &agent_level, true);
+        loader.map_max_entries(map_names::EVENTS, events_buffer_bytes);
         for name in map_names::ALL {
             loader.map_pin_path(name, pins.map(name));
         }
