@@ -123,8 +123,14 @@ pub struct AgentInfo {
     pub mode: u32,
     /// The agent's slot in `CONTROL` and `SPEND` (1..=MAX_AGENTS).
     pub slot: u32,
-    pub _pad: u32,
+    /// First field of the agent's allowlist keys: its id, with `RULE_GENERATION_BIT` flipped on
+    /// alternate policy generations, so a reload writes the new rules beside the old ones and
+    /// switches the agent to them with one atomic update of this value.
+    pub rule_id: u32,
 }
+
+/// Flipped in `AgentInfo::rule_id` between policy generations.
+pub const RULE_GENERATION_BIT: u32 = 1 << 31;
 const _: () = assert!(size_of::<AgentInfo>() == 16);
 
 /// Prices in pico-units of the configured currency (1e-12): per connection (or UDP flow), and

@@ -53,8 +53,8 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     };
 
     let rule = match dest {
-        Dest::V4(addr) => lookup_v4(agent.agent_id, protocol, port, addr),
-        Dest::V6(addr) => lookup_v6(agent.agent_id, protocol, port, addr),
+        Dest::V4(addr) => lookup_v4(agent.rule_id, protocol, port, addr),
+        Dest::V6(addr) => lookup_v6(agent.rule_id, protocol, port, addr),
     };
     let key = StatsKey { agent_id: agent.agent_id, endpoint_id: rule.endpoint_id };
     let deny = |reason: u8| {
@@ -150,12 +150,12 @@ const NO_RULE: Rule = Rule {
 
 /// The rule allowing (protocol, port, addr) for the agent: exact port first, then any port.
 #[inline(always)]
-fn lookup_v4(agent_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Rule {
-    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(agent_id, protocol, port, addr));
+fn lookup_v4(rule_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Rule {
+    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(rule_id, protocol, port, addr));
     if let Some(rule) = ALLOW_V4.get(&exact) {
         return *rule;
     }
-    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(agent_id, protocol, 0, addr));
+    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(rule_id, protocol, 0, addr));
     match ALLOW_V4.get(&any_port) {
         Some(rule) => *rule,
         None => NO_RULE,
@@ -163,12 +163,12 @@ fn lookup_v4(agent_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Rule {
 }
 
 #[inline(always)]
-fn lookup_v6(agent_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
-    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(agent_id, protocol, port, addr));
+fn lookup_v6(rule_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
+    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(rule_id, protocol, port, addr));
     if let Some(rule) = ALLOW_V6.get(&exact) {
         return *rule;
     }
-    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(agent_id, protocol, 0, addr));
+    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(rule_id, protocol, 0, addr));
     match ALLOW_V6.get(&any_port) {
         Some(rule) => *rule,
         None => NO_RULE,

@@ -36,13 +36,15 @@ pub struct Agent {
     pub source: Source,
     /// Slot of its budget in the kernel's CONTROL/SPEND arrays.
     pub slot: u32,
+    /// The id its allowlist entries are keyed by (see `AgentInfo::rule_id`).
+    pub rule_id: u32,
     /// The cgroup's id while it exists and is registered with the kernel.
     pub cgroup_id: Option<u64>,
 }
 
 impl Agent {
     fn info(&self) -> AgentInfo {
-        AgentInfo { agent_id: self.id, mode: mode_code(self.mode), slot: self.slot, _pad: 0 }
+        AgentInfo { agent_id: self.id, mode: mode_code(self.mode), slot: self.slot, rule_id: self.rule_id }
     }
 }
 
@@ -64,7 +66,7 @@ pub struct AgentTable {
 impl AgentTable {
     /// Creates each configured agent's cgroup, opens its account, installs the allowlists and
     /// only then registers the agents, so no connect ever sees an agent without its allowlist
-    /// and budget. Registrations a previous daemon left in adopted maps are removed.
+    /// and budget. Registrations and rules a previous daemon left in adopted maps are removed.
     pub fn install(
         policy: &Policy,
         unlisted: UnlistedAgents,
@@ -74,8 +76,32 @@ impl AgentTable {
         adopted: bool,
         now: i64,
     ) -> Result<Self, AgentsError> {
-        let mut agents = BTreeMap::new();
-        maps.install_rules(&policy.agents)?;
+        let mut table = Self { agents: BTreeMap::new(), unlisted };
+        table.apply(policy, root, maps, books, adopted, now)?;
+        let current: Vec<u64> = table.agents.values().filter_map(|a| a.cgroup_id).collect();
+        for stale in maps.registered_cgroups().into_iter().filter(|c| !current.contains(c)) {
+            maps.unregister_agent(stale)?;
+        }
+        Ok(table)
+    }
+
+    /// Applies `policy` (at start, or a reload compiled for the other generation): its rules go
+    /// in beside the running ones, then each agent is switched with one atomic update of its
+    /// AGENTS entry, then the previous generation's rules are removed. Every connect sees
+    /// either an agent's whole old policy or its whole new one. If the kernel cannot take the
+    /// new rules nothing changes. Agents the policy no longer names stop being governed as
+    /// configured agents (they may be discovered again as observed ones).
+    pub fn apply(
+        &mut self,
+        policy: &Policy,
+        root: &AgentsRoot,
+        maps: &mut KernelMaps,
+        books: &mut Books,
+        adopted: bool,
+        now: i64,
+    ) -> Result<Vec<String>, AgentsError> {
+        maps.insert_rules(&policy.agents)?;
+        let mut changed = Vec::new();
         for a in &policy.agents {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
             books.set_checkpoints(&a.name, a.checkpoints.clone());
@@ -88,16 +114,35 @@ impl AgentTable {
                 mode: a.mode,
                 source: Source::Config,
                 slot,
+                rule_id: a.rule_id,
                 cgroup_id: Some(cgroup_id),
             };
+            if let Some(old) = self.agents.get(&a.id)
+                && let Some(old_cgroup) = old.cgroup_id
+                && old_cgroup != cgroup_id
+            {
+                maps.unregister_agent(old_cgroup)?;
+            }
             maps.register_agent(cgroup_id, agent.info())?;
-            agents.insert(a.id, agent);
+            self.agents.insert(a.id, agent);
+            changed.push(a.name.clone());
         }
-        let current: Vec<u64> = agents.values().filter_map(|a| a.cgroup_id).collect();
-        for stale in maps.registered_cgroups().into_iter().filter(|c| !current.contains(c)) {
-            maps.unregister_agent(stale)?;
+        let gone: Vec<u32> = self
+            .agents
+            .values()
+            .filter(|a| a.source == Source::Config && !policy.agents.iter().any(|p| p.id == a.id))
+            .map(|a| a.id)
+            .collect();
+        for id in gone {
+            if let Some(a) = self.agents.remove(&id) {
+                if let Some(c) = a.cgroup_id {
+                    maps.unregister_agent(c)?;
+                }
+                changed.push(format!("-{}", a.name));
+            }
         }
-        Ok(Self { agents, unlisted })
+        maps.remove_rules_except(&policy.agents)?;
+        Ok(changed)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Agent> {
@@ -161,6 +206,7 @@ impl AgentTable {
                     mode: Mode::Observe,
                     source: Source::Discovered,
                     slot,
+                    rule_id: id,
                     cgroup_id: Some(*cgroup_id),
                 };
                 debug_assert_eq!(agent.info().mode, MODE_OBSERVE);

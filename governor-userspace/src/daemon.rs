@@ -38,7 +38,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Some(p) => LoadedConfig::from_file(p)?,
         None => LoadedConfig::default_config(),
     };
-    let policy = policy::compile(&config.config).with_context(|| format!("config {}", config.source_name.display()))?;
+    // Refuse a policy that cannot compile before touching the kernel.
+    policy::compile(&config.config).with_context(|| format!("config {}", config.source_name.display()))?;
     let d = &config.config.daemon;
 
     let mount = Cgroup2Mount::discover()?;
@@ -65,6 +66,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut kernel = Kernel::load(root.agent_level, *d.events_buffer_bytes.get_ref() as u32, pins)?;
     let adopted = kernel.adopted;
     let (mut maps, events) = kernel.take_maps()?;
+    // Install the generation the adopted maps do not use, so the switch is clean (see agents.rs).
+    let generation = maps.current_generation().map_or(0, |g| 1 - g);
+    let policy = policy::compile_generation(&config.config, generation)?;
     let now = unix_now();
     let outbox = saved.as_ref().map(|s| s.outbox.clone()).unwrap_or_default();
     let mut books = Books::open(&policy.currency, policy.host.clone(), saved, adopted, now, &mut maps)?;
@@ -111,7 +115,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let (done_tx, done_rx) = mpsc::channel(notify::QUEUE);
     let socket_path = d.socket.get_ref().clone();
     let governor = Arc::new(Governor {
-        policy,
+        policy: std::sync::RwLock::new(Arc::new(policy)),
+        config_path: config_path.clone(),
+        known_endpoints: Default::default(),
         mount,
         root,
         metrics_address,
@@ -125,8 +131,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         program_ids: kernel.program_ids(),
         groups,
         cgroup_paths: Default::default(),
-        config,
+        config: std::sync::RwLock::new(Arc::new(config)),
     });
+    governor.learn_endpoints(&governor.policy());
     // Notices a previous daemon recorded but did not deliver go out first.
     {
         let mut tally = governor.tally();
@@ -152,20 +159,33 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     });
     tasks.spawn(deliveries(governor.clone(), done_rx));
 
-    let result = tokio::select! {
-        signal = shutdown_signal() => { tracing::info!(signal, "stopping"); Ok(()) }
-        Some(done) = tasks.join_next() => match done {
-            Ok(Ok(())) => Err(anyhow::anyhow!("a daemon task stopped unexpectedly")),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("a daemon task panicked: {e}")),
-        },
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let result = loop {
+        tokio::select! {
+            signal = shutdown_signal() => { tracing::info!(signal, "stopping"); break Ok(()) }
+            _ = hangup.recv() => {
+                let g = governor.clone();
+                let by = crate::control::auth::Caller { uid: None, gid: None, pid: None, user: Some("SIGHUP".into()) };
+                match tokio::task::spawn_blocking(move || g.reload(&by)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "reload on SIGHUP refused"),
+                    Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed"),
+                }
+            }
+            Some(done) = tasks.join_next() => break match done {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a daemon task stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("a daemon task panicked: {e}")),
+            },
+        }
     };
     tasks.abort_all();
     // Last books and state before the programs go: nothing counted is lost.
     if let Err(e) = governor.tick(unix_now(), true) {
         tracing::error!(error = %e, "final accounting failed");
     }
-    let on_exit = governor.config.config.daemon.on_daemon_exit;
+    let on_exit = governor.config().config.daemon.on_daemon_exit;
     let programs = match on_exit {
         crate::config::OnDaemonExit::Detach => {
             kernel.detach();

@@ -105,8 +105,14 @@ pub struct Tally {
 }
 
 pub struct Governor {
-    pub config: LoadedConfig,
-    pub policy: Policy,
+    /// Swapped whole by a reload; readers take a snapshot with `config()` / `policy()`.
+    pub config: std::sync::RwLock<Arc<LoadedConfig>>,
+    pub policy: std::sync::RwLock<Arc<Policy>>,
+    /// Where the configuration is read from on reload (None: the embedded default).
+    pub config_path: Option<PathBuf>,
+    /// Every endpoint any loaded policy had (name, prices), so counters of an endpoint a
+    /// reload removed keep their name and cost.
+    pub known_endpoints: Mutex<BTreeMap<u32, (String, Prices)>>,
     pub mount: Cgroup2Mount,
     pub root: AgentsRoot,
     pub metrics_address: SocketAddr,
@@ -136,6 +142,14 @@ pub fn unix_now() -> i64 {
 }
 
 impl Governor {
+    pub fn config(&self) -> Arc<LoadedConfig> {
+        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn core(&self) -> MutexGuard<'_, Core> {
         lock(&self.core)
     }
@@ -162,19 +176,23 @@ impl Governor {
         r
     }
 
+    /// Remembers `policy`'s endpoints (at start and on every reload).
+    pub fn learn_endpoints(&self, policy: &Policy) {
+        let mut known = lock(&self.known_endpoints);
+        for e in &policy.endpoints {
+            known.insert(e.id, (e.name.clone(), e.prices));
+        }
+    }
+
     fn endpoint_prices(&self, id: u32) -> Prices {
-        self.policy.endpoints.iter().find(|e| e.id == id).map_or_else(Prices::default, |e| e.prices)
+        lock(&self.known_endpoints).get(&id).map_or_else(Prices::default, |(_, p)| *p)
     }
 
     fn endpoint_name(&self, id: u32) -> String {
         if id == ENDPOINT_UNLISTED {
             return UNLISTED_ENDPOINT.to_owned();
         }
-        self.policy
-            .endpoints
-            .iter()
-            .find(|e| e.id == id)
-            .map_or_else(|| format!("(endpoint {id:#x})"), |e| e.name.clone())
+        lock(&self.known_endpoints).get(&id).map_or_else(|| format!("(endpoint {id:#x})"), |(n, _)| n.clone())
     }
 
     /// Advances the books and records what must be told. Order matters for "never repeat,
@@ -227,7 +245,7 @@ impl Governor {
             self.save_state(saved);
         }
         for (owner, notice, mut body) in queued {
-            log_notice(&owner, &notice, &self.policy.currency);
+            log_notice(&owner, &notice, &self.policy().currency);
             if matches!(notice, Notice::Suspended { .. }) {
                 body["connections_ended"] = self.end_connections(&owner);
             }
@@ -346,7 +364,7 @@ impl Governor {
         obj.insert("scope".into(), json!(if owner == HOST { "host" } else { "agent" }));
         obj.insert("agent".into(), if owner == HOST { serde_json::Value::Null } else { json!(owner) });
         obj.insert("time".into(), json!(rfc3339(now)));
-        obj.insert("currency".into(), json!(self.policy.currency));
+        obj.insert("currency".into(), json!(self.policy().currency));
         for k in ["window_spend", "limit", "previous_spend"] {
             if let Some(v) = obj.get(k).and_then(|v| v.as_u64()) {
                 obj.insert(k.into(), json!(Money(v).to_string()));
@@ -451,12 +469,12 @@ impl Governor {
 
         Ok(Status {
             version: crate::VERSION.to_owned(),
-            config_source: self.config.source_name.display().to_string(),
-            config_sha256: self.config.sha256(),
+            config_source: self.config().source_name.display().to_string(),
+            config_sha256: self.config().sha256(),
             cgroup_mount: self.mount.mount_point.display().to_string(),
             agents_root: self.root.path.display().to_string(),
             metrics_address: self.metrics_address.to_string(),
-            currency: self.policy.currency.clone(),
+            currency: self.policy().currency.clone(),
             programs: crate::kernel::program_stats(&self.program_ids),
             events: EventStats { received: events.received, lost, malformed: events.malformed },
             host_budget: core.books.status(HOST, now),
@@ -481,7 +499,7 @@ impl Governor {
             }
             cache.1.clone()
         };
-        let price = self.policy.host_egress_byte_price;
+        let price = self.policy().host_egress_byte_price;
         let mut rows: Vec<HostEgressRow> = raw
             .iter()
             .filter(|(_, e)| e.packets > 0)
@@ -505,7 +523,7 @@ impl Governor {
         let total_bytes = rows.iter().map(|r| r.bytes).sum::<u64>();
         HostEgressStatus {
             interfaces: self.host_interfaces.clone(),
-            price_per_gib: self.config.config.host.egress_price_per_gib.as_ref().map(|p| p.get_ref().clone()),
+            price_per_gib: self.config().config.host.egress_price_per_gib.as_ref().map(|p| p.get_ref().clone()),
             total_packets: rows.iter().map(|r| r.packets).sum(),
             total_cost: Money(total_bytes.saturating_mul(price)).to_string(),
             total_bytes,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oversight;
 pub mod policy;
+pub mod reload;
 pub mod status;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(governor::cli::AuditCommand::Verify { file, socket }) => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::audit_verify(file, &socket)))
         }
+        Command::Reload { socket } => current_thread().and_then(|rt| rt.block_on(governor::cli::reload(&socket))),
         Command::Top { count, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::top(count, &socket)))
         }

@@ -34,3 +34,10 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// `governor reload`.
+pub async fn reload(socket: &Path) -> anyhow::Result<()> {
+    let answer = Client::new(socket).post_json("/v1/reload", &json!({})).await?;
+    println!("reloaded (sha256 {}); agents: {}", answer["sha256"].as_str().unwrap_or("?"), answer["agents"]);
+    Ok(())
+}

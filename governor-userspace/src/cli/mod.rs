@@ -9,7 +9,7 @@ mod status;
 mod top;
 
 pub use audit::verify as audit_verify;
-pub use control::run as control;
+pub use control::{reload, run as control};
 pub use events::run as events;
 pub use exec::run as exec;
 pub use top::run as top;
@@ -172,6 +172,13 @@ pub enum Command {
         socket: PathBuf,
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// Re-read the daemon's configuration file and apply it atomically (as SIGHUP does); a
+    /// configuration with any error is refused and the running policy stays.
+    #[command(after_help = "Example:\n  sudo governor reload")]
+    Reload {
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
     },
     /// Print the version.
     Version,

@@ -70,6 +70,7 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/audit/head", get(audit_head))
+        .route("/v1/reload", post(reload))
         .route("/v1/agents/{name}/{action}", post(control_one))
         .route("/v1/{action}", post(control_all))
         .with_state(governor);
@@ -121,6 +122,22 @@ async fn audit_head(State(g): State<Arc<Governor>>, ConnectInfo(peer): ConnectIn
         (log.head(), log.path().display().to_string())
     };
     Json(json!({ "path": path, "seq": head.as_ref().map(|h| h.0), "hash": head.map(|h| h.1) })).into_response()
+}
+
+async fn reload(State(g): State<Arc<Governor>>, ConnectInfo(peer): ConnectInfo<PeerInfo>) -> Response {
+    let caller = match authorize(&g, &peer, Role::Admin, "reload", None) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match tokio::task::spawn_blocking(move || g.reload(&caller)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e @ crate::reload::ReloadError::Unrecorded(_))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Ok(Err(e @ crate::reload::ReloadError::Apply(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("reload task failed: {e}")),
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

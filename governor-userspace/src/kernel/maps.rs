@@ -85,26 +85,46 @@ impl KernelMaps {
         })
     }
 
-    /// Makes the allowlists exactly `agents`' rules: inserts every rule (overwriting), then
-    /// removes rules a previous policy left in adopted maps. Rules go in before agents are
-    /// registered, so an agent's first connect already sees its whole allowlist.
-    pub fn install_rules(&mut self, agents: &[CompiledAgent]) -> Result<(), KernelError> {
-        let mut want_v4 = HashSet::new();
-        let mut want_v6 = HashSet::new();
-        for agent in agents {
-            for r in &agent.rules_v4 {
-                self.allow_v4
-                    .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
-                    .map_err(map_err(names::ALLOW_V4, "insert"))?;
-                want_v4.insert((r.prefix_len, bytes(&r.key)));
+    /// Inserts every rule of `agents` (a new policy generation, beside the running one). On
+    /// failure the rules it inserted are removed again and the running policy is untouched.
+    pub fn insert_rules(&mut self, agents: &[CompiledAgent]) -> Result<(), KernelError> {
+        let mut done_v4 = Vec::new();
+        let mut done_v6 = Vec::new();
+        let result = (|| {
+            for agent in agents {
+                for r in &agent.rules_v4 {
+                    self.allow_v4
+                        .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
+                        .map_err(map_err(names::ALLOW_V4, "insert"))?;
+                    done_v4.push(Key::new(r.prefix_len, r.key));
+                }
+                for r in &agent.rules_v6 {
+                    self.allow_v6
+                        .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
+                        .map_err(map_err(names::ALLOW_V6, "insert"))?;
+                    done_v6.push(Key::new(r.prefix_len, r.key));
+                }
             }
-            for r in &agent.rules_v6 {
-                self.allow_v6
-                    .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
-                    .map_err(map_err(names::ALLOW_V6, "insert"))?;
-                want_v6.insert((r.prefix_len, bytes(&r.key)));
+            Ok(())
+        })();
+        if result.is_err() {
+            for k in done_v4 {
+                let _ = self.allow_v4.remove(&k);
+            }
+            for k in done_v6 {
+                let _ = self.allow_v6.remove(&k);
             }
         }
+        result
+    }
+
+    /// Removes every allowlist entry that is not one of `agents`' rules: the previous
+    /// generation, once every agent has been switched to the new one.
+    pub fn remove_rules_except(&mut self, agents: &[CompiledAgent]) -> Result<(), KernelError> {
+        let want_v4: HashSet<_> =
+            agents.iter().flat_map(|a| &a.rules_v4).map(|r| (r.prefix_len, bytes(&r.key))).collect();
+        let want_v6: HashSet<_> =
+            agents.iter().flat_map(|a| &a.rules_v6).map(|r| (r.prefix_len, bytes(&r.key))).collect();
         let stale_v4: Vec<_> = self
             .allow_v4
             .keys()
@@ -124,6 +144,11 @@ impl KernelMaps {
             self.allow_v6.remove(&k).map_err(map_err(names::ALLOW_V6, "remove"))?;
         }
         Ok(())
+    }
+
+    /// The policy generation the registered agents use (adopted maps), if any is registered.
+    pub fn current_generation(&self) -> Option<u32> {
+        self.agents.iter().filter_map(Result::ok).next().map(|(_, info)| u32::from(info.rule_id != info.agent_id))
     }
 
     /// Makes the cgroup `cgroup_id` an agent.

@@ -28,11 +28,17 @@ impl IdSpace {
         Self { kind, taken: HashMap::new() }
     }
 
+    /// The id of `name`. Refuses a name whose id, or whose id in the other policy generation
+    /// (`RULE_GENERATION_BIT` flipped), another name already has.
     pub fn assign(&mut self, name: &str) -> Result<u32, PolicyError> {
         let id = name_id(name);
-        if let Some(other) = self.taken.insert(id, name.to_owned()) {
-            return Err(PolicyError::IdCollision { kind: self.kind, a: other, b: name.to_owned(), id });
+        for probe in [id, id ^ governor_common::RULE_GENERATION_BIT] {
+            if let Some(other) = self.taken.get(&probe) {
+                return Err(PolicyError::IdCollision { kind: self.kind, a: other.clone(), b: name.to_owned(), id });
+            }
         }
+        self.taken.insert(id, name.to_owned());
+        self.taken.insert(id ^ governor_common::RULE_GENERATION_BIT, name.to_owned());
         Ok(id)
     }
 }

@@ -41,6 +41,8 @@ pub struct CompiledEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledAgent {
     pub id: u32,
+    /// The id its allowlist entries are keyed by in this policy generation.
+    pub rule_id: u32,
     pub name: String,
     /// Directory name under the agents root.
     pub cgroup: String,
@@ -160,8 +162,15 @@ pub fn protocol_name(p: u8) -> &'static str {
     }
 }
 
-/// Compiles `config`. The config must already be validated (addresses parse, names resolve).
+/// Compiles `config` for policy generation 0. The config must already be validated.
 pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
+    compile_generation(config, 0)
+}
+
+/// Compiles `config` with its allowlist entries keyed for `generation` (0 or 1): a reload
+/// compiles the generation the kernel is not using, so both can sit in the maps at once.
+pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, PolicyError> {
+    let flip = if generation % 2 == 1 { governor_common::RULE_GENERATION_BIT } else { 0 };
     let mut endpoint_ids = ids::IdSpace::new("endpoint");
     let mut endpoints = Vec::with_capacity(config.endpoints.len());
     for ep in &config.endpoints {
@@ -182,6 +191,7 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
         let id = agent_ids.assign(agent.name.get_ref())?;
         let mut compiled = CompiledAgent {
             id,
+            rule_id: id ^ flip,
             name: agent.name.get_ref().clone(),
             cgroup: agent.cgroup_name().to_owned(),
             mode: agent.mode,
@@ -265,12 +275,16 @@ pub fn compile(config: &Config) -> Result<Policy, PolicyError> {
 fn push_rule(agent: &mut CompiledAgent, protocol: u8, port: u16, cidr: Cidr, rule: Rule) {
     let prefix_len = ALLOW_KEY_FIXED_BITS + u32::from(cidr.prefix_len);
     match cidr.addr {
-        IpAddr::V4(a) => {
-            agent.rules_v4.push(Entry { prefix_len, key: AllowKeyV4::new(agent.id, protocol, port, a.octets()), rule })
-        }
-        IpAddr::V6(a) => {
-            agent.rules_v6.push(Entry { prefix_len, key: AllowKeyV6::new(agent.id, protocol, port, a.octets()), rule })
-        }
+        IpAddr::V4(a) => agent.rules_v4.push(Entry {
+            prefix_len,
+            key: AllowKeyV4::new(agent.rule_id, protocol, port, a.octets()),
+            rule,
+        }),
+        IpAddr::V6(a) => agent.rules_v6.push(Entry {
+            prefix_len,
+            key: AllowKeyV6::new(agent.rule_id, protocol, port, a.octets()),
+            rule,
+        }),
     }
 }
 

@@ -57,6 +57,13 @@ fn rules_expand_ports_protocols_and_families() {
     assert_eq!(scanner.rules_v6.len(), 2);
     assert!(scanner.rules_v6.iter().all(|r| r.prefix_len == ALLOW_KEY_FIXED_BITS + 32 && r.rule.endpoint_id == api));
     assert!(scanner.rules_v4.iter().all(|r| r.key.agent_id == scanner.id.to_be_bytes()));
+    // The other generation keys the same rules by the flipped id.
+    let g1 =
+        compile_generation(&LoadedConfig::from_str(Path::new("t.toml"), TWO_ENDPOINTS.to_owned()).unwrap().config, 1)
+            .unwrap();
+    let flipped = (scanner.id ^ governor_common::RULE_GENERATION_BIT).to_be_bytes();
+    assert!(g1.agents[0].rules_v4.iter().all(|r| r.key.agent_id == flipped));
+    assert_eq!(g1.agents[0].rules_v4.len(), scanner.rules_v4.len());
     assert_eq!(scanner.rules_v4.iter().find(|r| r.rule.endpoint_id == api).unwrap().key.addr, [203, 0, 113, 10]);
 }
 

@@ -1,0 +1,109 @@
+//! Config reload on the real kernel: applied atomically (no connect ever sees half a policy),
+//! audited with its sha256, by `governor reload` and by SIGHUP; a bad config is refused and the
+//! running policy stays.
+
+use std::process::Command;
+
+use governor_tests::{AgentsRoot, Daemon, Serve, Server, privileged, workload, workload_bin};
+
+fn endpoints(ports: &[(&str, u16)]) -> String {
+    let mut out = String::new();
+    for (name, port) in ports {
+        out.push_str(&format!("[[endpoint]]\nname = \"{name}\"\naddresses = [\"127.0.0.1\"]\nports = [{port}]\n"));
+    }
+    let names: Vec<String> = ports.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    out.push_str(&format!("[[agent]]\nname = \"a1\"\nendpoints = [{}]\n", names.join(", ")));
+    out
+}
+
+/// Replaces everything after the `[daemon]` keys the harness wrote with `body`.
+fn rewrite(daemon: &Daemon, body: &str) {
+    let text = std::fs::read_to_string(&daemon.config).unwrap();
+    let head: String = text.lines().take_while(|l| !l.starts_with("[[")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&daemon.config, format!("{head}{body}")).unwrap();
+}
+
+#[test]
+fn a_reload_applies_atomically_and_is_audited() {
+    if !privileged("a_reload_applies_atomically_and_is_audited") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let (a, b, c) = (Server::start(Serve::Sink), Server::start(Serve::Sink), Server::start(Serve::Sink));
+    let daemon = Daemon::start(&root, &endpoints(&[("a", a.port)]));
+    let agent = root.path.join("a1");
+    assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).eperm());
+
+    // Connects to `a`, allowed before and after, run across the reload: none may be refused.
+    let hammer = governor_tests::spawn_in(&agent, {
+        let mut cmd = Command::new(workload_bin());
+        cmd.args(["connect-loop", &a.addr("127.0.0.1"), "4000"]).stdout(std::process::Stdio::piped());
+        cmd
+    });
+    rewrite(&daemon, &endpoints(&[("a", a.port), ("b", b.port)]));
+    let out = daemon.cli(&["reload"]);
+    assert!(out.contains("reloaded"), "{out}");
+    let hammered: serde_json::Value = serde_json::from_slice(&hammer.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(hammered["eperm"], 0, "a connect saw a half-applied policy: {hammered}\n{:#}", daemon.agent("a1"));
+    assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).ok(), "the new endpoint is allowed");
+
+    let reload = daemon.audit_log().into_iter().find(|r| r["kind"] == "policy_reload").expect("reload audited");
+    let status = daemon.status();
+    assert_eq!(reload["details"]["sha256"], status["config_sha256"]);
+    assert_ne!(reload["details"]["previous_sha256"], reload["details"]["sha256"]);
+    assert_eq!(reload["details"]["by"]["uid"], 0);
+
+    // Removing an endpoint takes it away; SIGHUP reloads too.
+    rewrite(&daemon, &endpoints(&[("c", c.port)]));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    daemon.wait_until("SIGHUP reload", 5, |_| workload(Some(&agent), &["connect", &c.addr("127.0.0.1")]).ok());
+    assert!(workload(Some(&agent), &["connect", &a.addr("127.0.0.1")]).eperm(), "the removed endpoint is refused");
+    assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).eperm());
+    let reloads: Vec<_> = daemon.audit_log().into_iter().filter(|r| r["kind"] == "policy_reload").collect();
+    assert_eq!(reloads.len(), 2);
+    assert_eq!(reloads[1]["details"]["by"]["user"], "SIGHUP");
+    // Counters survive a reload.
+    assert!(daemon.counters("a1", "a").allowed >= 4000);
+}
+
+#[test]
+fn a_bad_reload_is_refused_and_the_running_policy_stays() {
+    if !privileged("a_bad_reload_is_refused_and_the_running_policy_stays") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let (a, b) = (Server::start(Serve::Sink), Server::start(Serve::Sink));
+    let daemon = Daemon::start(&root, &endpoints(&[("a", a.port)]));
+    let agent = root.path.join("a1");
+    let sha = daemon.status()["config_sha256"].clone();
+
+    rewrite(
+        &daemon,
+        &endpoints(&[("a", a.port), ("b", b.port)])
+            .replace("addresses = [\"127.0.0.1\"]\nports = [", "addresses = [\"127.0.0.1/33\"]\nports = ["),
+    );
+    let out = daemon.cli_output(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the running policy stays")
+            && stderr.contains(&format!("{}:", daemon.config.display()))
+            && stderr.contains("prefix length"),
+        "{stderr}"
+    );
+
+    rewrite(&daemon, &endpoints(&[("a", a.port), ("b", b.port)]));
+    let text = std::fs::read_to_string(&daemon.config).unwrap().replace("governor.sock", "other.sock");
+    std::fs::write(&daemon.config, text).unwrap();
+    let out = daemon.cli_output(&["reload"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("daemon.socket changed, and only a restart applies it"),
+        "{out:?}"
+    );
+
+    // Nothing changed.
+    assert_eq!(daemon.status()["config_sha256"], sha);
+    assert!(workload(Some(&agent), &["connect", &a.addr("127.0.0.1")]).ok());
+    assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).eperm());
+    assert!(!daemon.audit_log().iter().any(|r| r["kind"] == "policy_reload"));
+}
