@@ -28,7 +28,7 @@ use crate::{
     policy::Policy,
     status::{
         AgentStatus, DenialRecord, EndpointStatus, EventStats, HostEgressRow, HostEgressStatus, NotificationStats,
-        PauseStatus, Status, UNLISTED_ENDPOINT,
+        PauseStatus, Status, UNLISTED_ENDPOINT, WriteErrors,
     },
 };
 
@@ -102,6 +102,9 @@ pub struct Tally {
     pub summarized: BTreeMap<String, AgentCounters>,
     /// Ring buffer losses already written to the audit log, and when that was checked.
     pub lost_recorded: (u64, i64),
+    /// Audit records and state saves that could not be written (a full or failing disk).
+    pub audit_errors: u64,
+    pub state_errors: u64,
 }
 
 pub struct Governor {
@@ -171,7 +174,8 @@ impl Governor {
     ) -> Result<u64, crate::audit::AuditError> {
         let r = lock(&self.audit).append(kind, agent, details);
         if let Err(e) = &r {
-            tracing::error!(error = %e, kind, "audit record not written");
+            self.tally().audit_errors += 1;
+            tracing::error!(error = %e, kind, "audit record not written; enforcement continues, control commands are refused until it can be");
         }
         r
     }
@@ -377,6 +381,7 @@ impl Governor {
     pub fn save_state(&self, mut saved: state::SavedState) {
         saved.outbox = self.tally().outbox.clone();
         if let Err(e) = state::save(&self.state_dir, &saved) {
+            self.tally().state_errors += 1;
             tracing::error!(error = %e, "state not saved; spend is still enforced from the kernel maps");
         }
     }
@@ -482,6 +487,7 @@ impl Governor {
             agents: agent_status,
             recent_denials,
             notifications: NotificationStats { pending: tally.outbox.len() as u64, ..tally.notifications },
+            write_errors: WriteErrors { audit: tally.audit_errors, state: tally.state_errors },
             threshold_crossings: tally.threshold_crossings.iter().map(|((o, p), n)| (format!("{o}:{p}"), *n)).collect(),
             suspensions: tally.suspensions.clone(),
         })

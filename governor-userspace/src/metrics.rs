@@ -198,6 +198,14 @@ pub fn render(s: &Status) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     r.register(Box::new(pending.clone())).map_err(|e| e.to_string())?;
     let cur = s.currency.as_str();
+    let write_errors = counter(
+        &r,
+        "governor_write_errors_total",
+        "Audit records and state saves that could not be written (enforcement continues; control commands are refused while the audit log cannot be written).",
+        &["what"],
+    )?;
+    write_errors.with_label_values(&["audit"]).inc_by(s.write_errors.audit);
+    write_errors.with_label_values(&["state"]).inc_by(s.write_errors.state);
     let egress_bytes = counter(
         &r,
         "governor_host_egress_bytes_total",

@@ -32,10 +32,18 @@ pub struct Status {
     /// The newest deny events, oldest first (bounded).
     pub recent_denials: Vec<DenialRecord>,
     pub notifications: NotificationStats,
+    /// Writes that failed since the daemon started (a full or failing disk); enforcement goes on.
+    pub write_errors: WriteErrors,
     /// Threshold crossings since the daemon started, by "owner:percent".
     pub threshold_crossings: BTreeMap<String, u64>,
     /// Suspensions since the daemon started, by owner.
     pub suspensions: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct WriteErrors {
+    pub audit: u64,
+    pub state: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

@@ -167,8 +167,13 @@ impl AuditLog {
         }
         let path = &self.path;
         let io = |op: &'static str| move |source| AuditError::Io { path: path.clone(), op, source };
-        self.file.write_all(format!("{line}\n").as_bytes()).map_err(io("append"))?;
-        self.file.sync_data().map_err(io("fsync"))?;
+        let written = self.file.write_all(format!("{line}\n").as_bytes()).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // A full disk can leave part of the line behind: cut the file back to its last whole
+            // record, so the chain stays verifiable and the next append continues it.
+            let _ = self.file.set_len(self.size);
+            return Err(io("append")(e));
+        }
         self.size += line.len() as u64 + 1;
         self.prev = hash_line(&line);
         self.next_seq += 1;

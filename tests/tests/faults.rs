@@ -1,0 +1,79 @@
+//! Faults on the real kernel: a full disk under the audit log and state. Enforcement goes on,
+//! the daemon stays up, the failure is counted and logged, control that cannot be recorded is
+//! refused, and once there is room again the audit chain is intact.
+
+use std::{io::Write as _, path::PathBuf, process::Command, sync::Arc};
+
+use governor_tests::{AgentsRoot, Daemon, Serve, Server, privileged, workload};
+
+/// A small tmpfs of the test's own, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Self {
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(at).output().unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Self(at.to_owned())
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_no_enforcement_and_no_unrecorded_control() {
+    if !privileged("a_full_disk_stops_no_enforcement_and_no_unrecorded_control") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let other = Server::start(Serve::Sink);
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let tmpfs = Tmpfs::mount(dir.path(), "1m");
+    let mut daemon = Daemon::start_in(dir.clone(), &root, &format!(
+        "[[endpoint]]\nname = \"sink\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\n[[agent]]\nname = \"a1\"\nendpoints = [\"sink\"]\n",
+        sink.port
+    ));
+    let agent = root.path.join("a1");
+    let filler = tmpfs.fill();
+
+    // Enforcement does not depend on the disk.
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
+    assert!(workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]).eperm());
+    // Denials keep coming; once the audit file's last page is full their records cannot be
+    // written: counted, and the daemon is still up.
+    let s = daemon.wait_until("audit write error counted", 20, |s| {
+        let _ = workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]);
+        s["write_errors"]["audit"].as_u64() >= Some(1)
+    });
+    assert!(s["write_errors"]["state"].as_u64() >= Some(1), "state saves fail on a full disk too: {:#}", s["write_errors"]);
+    assert_eq!(s["agents"][0]["state"], "enforcing");
+    assert!(daemon.metrics().lines().any(|l| l.starts_with("governor_write_errors_total{what=\"audit\"}") && !l.ends_with(" 0")));
+
+    // A control command that cannot be recorded is refused, and nothing changes.
+    let out = daemon.cli_output(&["pause", "a1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit log cannot be written"), "{out:?}");
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok(), "the refused pause did not pause");
+
+    // With room again, control works and the chain has no torn record.
+    std::fs::remove_file(filler).unwrap();
+    assert!(daemon.cli(&["pause", "a1"]).contains("paused"));
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).eperm());
+    assert!(daemon.cli(&["resume", "a1"]).contains("resumed"));
+    assert!(daemon.cli(&["audit", "verify"]).contains("chain intact"));
+    assert!(daemon.stop().success());
+    drop(tmpfs);
+}
