@@ -11,7 +11,11 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &std::path::Path, size: &str) -> Self {
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(at).output().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
         Self(at.to_owned())
     }
@@ -42,10 +46,14 @@ fn a_full_disk_stops_no_enforcement_and_no_unrecorded_control() {
     let other = Server::start(Serve::Sink);
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let tmpfs = Tmpfs::mount(dir.path(), "1m");
-    let mut daemon = Daemon::start_in(dir.clone(), &root, &format!(
-        "[[endpoint]]\nname = \"sink\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\n[[agent]]\nname = \"a1\"\nendpoints = [\"sink\"]\n",
-        sink.port
-    ));
+    let mut daemon = Daemon::start_in(
+        dir.clone(),
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"sink\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\n[[agent]]\nname = \"a1\"\nendpoints = [\"sink\"]\n",
+            sink.port
+        ),
+    );
     let agent = root.path.join("a1");
     let filler = tmpfs.fill();
 
@@ -58,9 +66,18 @@ fn a_full_disk_stops_no_enforcement_and_no_unrecorded_control() {
         let _ = workload(Some(&agent), &["connect", &other.addr("127.0.0.1")]);
         s["write_errors"]["audit"].as_u64() >= Some(1)
     });
-    assert!(s["write_errors"]["state"].as_u64() >= Some(1), "state saves fail on a full disk too: {:#}", s["write_errors"]);
+    assert!(
+        s["write_errors"]["state"].as_u64() >= Some(1),
+        "state saves fail on a full disk too: {:#}",
+        s["write_errors"]
+    );
     assert_eq!(s["agents"][0]["state"], "enforcing");
-    assert!(daemon.metrics().lines().any(|l| l.starts_with("governor_write_errors_total{what=\"audit\"}") && !l.ends_with(" 0")));
+    assert!(
+        daemon
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with("governor_write_errors_total{what=\"audit\"}") && !l.ends_with(" 0"))
+    );
 
     // A control command that cannot be recorded is refused, and nothing changes.
     let out = daemon.cli_output(&["pause", "a1"]);

@@ -4,20 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
 use serde::Serialize;
-use tokio::net::{UnixListener, unix::UCred};
+use tokio::net::unix::UCred;
 
-/// The peer of one control connection.
+/// The peer of one control connection (inserted into each request by the server).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerInfo {
     pub cred: Option<UCred>,
-}
-
-impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for PeerInfo {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        Self { cred: stream.io().peer_cred().ok() }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -64,6 +64,15 @@ pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Connections served at once; more are closed at once, so a flood cannot exhaust the daemon.
+const MAX_CONNECTIONS: usize = 1024;
+/// Connections one uid may hold at once: one caller's flood cannot lock the others out.
+const MAX_PER_UID: usize = 64;
+/// Time a client has to send its request headers (slow clients are cut off).
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Largest request body accepted (control bodies are a few bytes).
+const MAX_BODY: usize = 64 * 1024;
+
 pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/v1/health", get(|| async { "ok\n" }))
@@ -73,10 +82,48 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
         .route("/v1/reload", post(reload))
         .route("/v1/agents/{name}/{action}", post(control_one))
         .route("/v1/{action}", post(control_all))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(governor);
-    axum::serve(listener, app.into_make_service_with_connect_info::<PeerInfo>())
-        .await
-        .context("control socket server failed")
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_uid: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>> = Arc::default();
+    loop {
+        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
+        let peer = PeerInfo { cred: stream.peer_cred().ok() };
+        let uid = peer.cred.map_or(u32::MAX, |c| c.uid());
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("control socket: {MAX_CONNECTIONS} connections open, closing a new one");
+            continue;
+        };
+        {
+            let mut held = per_uid.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = held.entry(uid).or_default();
+            if *n >= MAX_PER_UID {
+                tracing::warn!(uid, "control socket: uid holds {MAX_PER_UID} connections, closing a new one");
+                continue;
+            }
+            *n += 1;
+        }
+        let per_uid = per_uid.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+            if let Some(n) = per_uid.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&uid) {
+                *n -= 1;
+            }
+            drop(permit);
+        });
+    }
 }
 
 fn error(code: StatusCode, message: &str) -> Response {

@@ -1,0 +1,80 @@
+//! The control socket under hostile clients: idle floods, slow clients, oversized and malformed
+//! requests are bounded and cannot lock other callers out.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use governor_tests::{AgentsRoot, Daemon, as_user, governor_bin, privileged};
+
+const NOBODY: u32 = 65534;
+
+fn request(socket: &std::path::Path, raw: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn floods_slow_clients_and_bad_requests_are_bounded() {
+    if !privileged("floods_slow_clients_and_bad_requests_are_bounded") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start_in(dir, &root, "read_group = \"nogroup\"\n[[agent]]\nname = \"a1\"\n");
+
+    // A reader (uid nobody) opens 100 idle connections in a helper process.
+    let mut flood = Command::new("python3");
+    flood.args(["-c", &format!(
+        "import socket, time\nheld = []\nfor _ in range(100):\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({:?})\n    held.append(s)\ntime.sleep(8)\n",
+        daemon.socket.display().to_string()
+    )]);
+    as_user(&mut flood, NOBODY, NOBODY);
+    let mut flood = flood.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Root is not locked out, and answers stay fast.
+    let started = Instant::now();
+    let out = Command::new(governor_bin()).args(["status", "--json", "--socket"]).arg(&daemon.socket).output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(took < Duration::from_millis(500), "status took {took:?} under an idle flood");
+    // The flooding uid's own next connection is closed at once.
+    let mut extra = Command::new(governor_bin());
+    extra.args(["status", "--socket"]).arg(&daemon.socket);
+    as_user(&mut extra, NOBODY, NOBODY);
+    assert!(!extra.output().unwrap().status.success(), "a 101st connection of one uid should be refused");
+    let _ = flood.kill();
+    let _ = flood.wait();
+
+    // A slow client that never finishes its headers is cut off.
+    let mut slow = UnixStream::connect(&daemon.socket).unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: governor\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(10), "slow client held for {waited:?}");
+
+    // Oversized and malformed requests get errors, not crashes.
+    let big = format!(
+        "POST /v1/agents/a1/pause HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n{}",
+        "x".repeat(200_000)
+    );
+    let answer = request(&daemon.socket, big.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(200)]);
+    let answer = request(&daemon.socket, b"THIS IS NOT HTTP\r\n\r\n");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(daemon.agent("a1")["state"], "enforcing", "nothing was paused");
+    assert!(daemon.status()["version"].is_string(), "the daemon is still serving");
+}
