@@ -102,6 +102,8 @@ pub struct Tally {
     pub summarized: BTreeMap<String, AgentCounters>,
     /// Ring buffer losses already written to the audit log, and when that was checked.
     pub lost_recorded: (u64, i64),
+    /// The wall clock and a monotonic clock at the last tick, to notice clock jumps.
+    pub clocks: Option<(i64, std::time::Instant)>,
     /// Audit records and state saves that could not be written (a full or failing disk).
     pub audit_errors: u64,
     pub state_errors: u64,
@@ -203,6 +205,7 @@ impl Governor {
     /// never lose": the state (with the crossing and the outbox entry) is saved first, then the
     /// audit record is written, then the notice is queued for the hooks.
     pub fn tick(&self, now: i64, force_save: bool) -> Result<(), KernelError> {
+        self.notice_clock_jump(now);
         self.flush_denials();
         self.record_event_gap(now)?;
         let (notices, checkpoints, saved) = {
@@ -320,6 +323,22 @@ impl Governor {
                 tally.summarized.insert(a.name.clone(), a.totals.clone());
             }
         }
+    }
+
+    /// Compares how far the wall clock moved since the last tick with how far a monotonic clock
+    /// did; a difference of 2 s or more is a jump (an operator or NTP set the clock), which the
+    /// rolling windows are told about and the audit log records.
+    fn notice_clock_jump(&self, now: i64) {
+        let mono = std::time::Instant::now();
+        let last = self.tally().clocks.replace((now, mono));
+        let Some((wall, then)) = last else { return };
+        let jump = (now - wall) - mono.duration_since(then).as_secs() as i64;
+        if jump.abs() < 2 {
+            return;
+        }
+        tracing::warn!(seconds = jump, "the wall clock jumped; rolling budget windows keep their elapsed time");
+        self.core().books.clock_jumped(jump);
+        let _ = self.audit("clock_jump", None, json!({ "seconds": jump, "wall_clock": rfc3339(now) }));
     }
 
     /// Writes a gap record when the kernel dropped deny events (ring buffer full): how many, and

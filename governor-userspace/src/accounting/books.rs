@@ -251,6 +251,15 @@ impl Books {
         Ok(())
     }
 
+    /// Tells every rolling window that the wall clock jumped by `secs`.
+    pub fn clock_jumped(&mut self, secs: i64) {
+        for a in self.accounts.values_mut() {
+            if matches!(a.spec.window, Window::Rolling(_)) {
+                a.ledger.shift(secs);
+            }
+        }
+    }
+
     /// Pauses `owner`; when this returns the kernel refuses its connects and drops its packets.
     /// False if there is no such account.
     pub fn pause(&mut self, owner: &str, pause: Pause, maps: &mut KernelMaps) -> Result<bool, KernelError> {

@@ -149,6 +149,18 @@ impl Ledger {
         }
     }
 
+    /// Moves a rolling window's samples by `secs` after the wall clock jumped by that much, so
+    /// the window still covers the same elapsed time: a jump neither ages spend out early nor
+    /// keeps it too long. Calendar windows follow the wall clock and are left alone.
+    pub fn shift(&mut self, secs: i64) {
+        for s in &mut self.samples {
+            s.0 += secs;
+        }
+        if !self.samples.is_empty() {
+            self.window_start += secs;
+        }
+    }
+
     /// Lifts a suspension now (an operator's resume, or a raised limit).
     pub fn lift(&mut self) {
         self.generation = self.generation.wrapping_add(1).max(1);
@@ -296,6 +308,24 @@ mod tests {
         assert!(!l.suspended);
         // And thresholds fire again.
         assert_eq!(thresholds(&l.tick(&s, 612, 1600, 1)), vec![50]);
+    }
+
+    #[test]
+    fn a_clock_jump_neither_resets_nor_double_counts_a_rolling_window() {
+        let s = spec(1000, Window::Rolling(Duration::from_secs(600)));
+        let mut l = Ledger::new(0, 0);
+        l.tick(&s, 0, 0, 0);
+        l.tick(&s, 100, 700, 0);
+        // The wall clock jumps an hour ahead; without the shift the spend would age out at once.
+        l.shift(3600);
+        l.tick(&s, 3700 + 1, 700, 0);
+        assert_eq!(l.window_spend(700), Money(700), "a forward jump must not reset spend");
+        // And back: the window still ends 600 s after the spend, in real time.
+        l.shift(-3600);
+        l.tick(&s, 102, 700, 0);
+        assert_eq!(l.window_spend(700), Money(700));
+        l.tick(&s, 701, 700, 0);
+        assert_eq!(l.window_spend(700), Money(0), "600 real seconds later it has left the window");
     }
 
     #[test]

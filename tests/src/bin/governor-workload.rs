@@ -8,6 +8,8 @@
 //!   governor-workload sink ADDR             listen, print "listening", take one connection,
 //!                                           read it to the end, report the byte count
 //!   governor-workload accept-loop ADDR      accept and close connections until killed
+//!   governor-workload connect-rate ADDR R S connect R times a second for S seconds, paced;
+//!                                           reports how many succeeded and were refused
 //!   governor-workload tfo ADDR              TCP Fast Open: sendto(MSG_FASTOPEN) with no connect
 //!   governor-workload sendmmsg ADDR         two UDP datagrams in one sendmmsg, unconnected
 //!   governor-workload uring-connect ADDR    connect through io_uring
@@ -39,6 +41,9 @@ fn main() -> ExitCode {
         ["sink", addr] => parse(addr).and_then(sink),
         ["accept-loop", addr] => parse(addr).and_then(accept_loop),
         ["tfo", addr] => parse(addr).and_then(tfo),
+        ["connect-rate", addr, rate, secs] => {
+            parse(addr).and_then(|a| connect_rate(a, rate.parse().expect("rate"), secs.parse().expect("seconds")))
+        }
         ["sendmmsg", addr] => parse(addr).and_then(send_mmsg),
         ["uring-connect", addr] => parse(addr).and_then(uring_connect),
         ["socket", kind] => make_socket(kind),
@@ -348,5 +353,37 @@ fn scan(n: u64, port: u16) -> std::io::Result<Done> {
             Err(_) => {}
         }
     }
+    Ok(done)
+}
+
+fn connect_rate(addr: SocketAddr, rate: u64, secs: u64) -> std::io::Result<Done> {
+    use std::os::fd::AsRawFd as _;
+    let started = std::time::Instant::now();
+    let mut done = Done::default();
+    for i in 0..rate * secs {
+        let due = started + Duration::from_nanos(i * 1_000_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                // SAFETY: setsockopt with a correctly sized linger struct on our own socket.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
+                };
+                done.bytes += 1;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => done.eperm += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    done.nanos_per_op = started.elapsed().as_nanos() as u64 / (rate * secs).max(1);
     Ok(done)
 }
