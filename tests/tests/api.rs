@@ -75,6 +75,41 @@ fn floods_slow_clients_and_bad_requests_are_bounded() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{}", &answer[..answer.len().min(200)]);
     let answer = request(&daemon.socket, b"THIS IS NOT HTTP\r\n\r\n");
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Hostile bytes: 300 requests of random garbage, random methods and paths, broken JSON.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..300 {
+        let len = (next() % 300) as usize;
+        let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let raw = match i % 3 {
+            0 => junk,
+            1 => format!(
+                "POST /v1/agents/{}/pause HTTP/1.1\r\nHost: g\r\nContent-Length: {len}\r\n\r\n",
+                String::from_utf8_lossy(&junk[..len.min(20)]).replace(['/', ' ', '\r', '\n'], "")
+            )
+            .into_bytes()
+            .into_iter()
+            .chain(junk)
+            .collect(),
+            _ => format!(
+                "GET /v1/events?since={}&agent=%{:02x} HTTP/1.1\r\nHost: g\r\n\r\n",
+                next() % 1000,
+                next() % 256
+            )
+            .into_bytes(),
+        };
+        let mut s = UnixStream::connect(&daemon.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&raw);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+    }
     assert_eq!(daemon.agent("a1")["state"], "enforcing", "nothing was paused");
     assert!(daemon.status()["version"].is_string(), "the daemon is still serving");
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod prereqs;
 mod run;
 mod test;
@@ -41,6 +42,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the property tests (config parser, policy compiler, ring buffer decoding) at length.
+    Fuzz {
+        /// Cases per property test.
+        #[arg(long, default_value_t = 200_000)]
+        cases: u32,
+    },
     /// Build, then run every test: unit tests and the privileged kernel integration tests.
     /// Set GOVERNOR_REQUIRE_PRIVILEGED=1 to make a skipped kernel test a failure.
     Test {
@@ -58,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args } => test::run(&args),
         Command::Bench { quick } => bench::run(quick),
+        Command::Fuzz { cases } => fuzz::run(cases),
     }
 }

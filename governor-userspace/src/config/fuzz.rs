@@ -21,7 +21,8 @@ fn check(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // Seconds in CI; `cargo xtask fuzz` raises PROPTEST_CASES for longer runs.
+    #![proptest_config(ProptestConfig { cases: super::fuzz_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,400}") {

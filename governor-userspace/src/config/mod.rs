@@ -98,5 +98,11 @@ fn key_at(text: &str, offset: usize) -> String {
 
 #[cfg(test)]
 mod fuzz;
+
+/// Cases per property test: PROPTEST_CASES (set by `cargo xtask fuzz`), else 2,000.
+#[cfg(test)]
+pub(crate) fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
 #[cfg(test)]
 mod tests;

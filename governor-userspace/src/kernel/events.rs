@@ -154,6 +154,21 @@ mod tests {
         assert_eq!((d.reason.as_str(), d.hook.as_str(), d.destination), ("budget", "egress", None));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: crate::config::fuzz_cases(), ..Default::default() })]
+
+        /// Whatever bytes the ring buffer hands over, decoding never panics, and a record is
+        /// accepted only when every code in it is known.
+        #[test]
+        fn arbitrary_records_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            if let Ok(d) = decode_event(&bytes) {
+                proptest::prop_assert_eq!(bytes.len(), size_of::<DenyEvent>());
+                proptest::prop_assert!(reason_name(bytes[24]).is_some());
+                proptest::prop_assert!(!d.verdict.is_empty() && !d.hook.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn rejects_truncated_and_unknown_records() {
         let b = bytes(&event());
