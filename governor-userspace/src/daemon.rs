@@ -40,6 +40,23 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     // Refuse a policy that cannot compile before touching the kernel.
     policy::compile(&config.config).with_context(|| format!("config {}", config.source_name.display()))?;
+    let readiness = crate::readiness::report::build(&config);
+    for item in readiness.items.iter().filter(|i| i.verdict == crate::readiness::Verdict::Fail) {
+        tracing::warn!(check = %item.check, reason = %item.reason, key = ?item.key, "readiness FAIL");
+    }
+    tracing::info!(
+        pass = readiness.pass,
+        warn = readiness.warn,
+        fail = readiness.fail,
+        "readiness check (governor check --config for the report)"
+    );
+    if config.config.daemon.require_ready && !readiness.ready {
+        anyhow::bail!(
+            "daemon.require_ready is set and the readiness check has {} FAIL(s); run `governor check --config {}` for the report",
+            readiness.fail,
+            config.source_name.display()
+        );
+    }
     let d = &config.config.daemon;
 
     let mount = Cgroup2Mount::discover()?;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oversight;
 pub mod policy;
+pub mod readiness;
 pub mod reload;
 pub mod status;
 

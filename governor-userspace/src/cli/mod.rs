@@ -1,6 +1,7 @@
 //! Command-line interface: argument types here, one file per command group.
 
 mod audit;
+mod check;
 mod control;
 mod events;
 mod exec;
@@ -9,6 +10,7 @@ mod status;
 mod top;
 
 pub use audit::verify as audit_verify;
+pub use check::run as check;
 pub use control::{reload, run as control};
 pub use events::run as events;
 pub use exec::run as exec;
@@ -180,8 +182,30 @@ pub enum Command {
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// The readiness gate: does this configuration give every agent a spend ceiling, oversight,
+    /// boundaries and an audit trail? PASS/WARN/FAIL per item with the key to change; exit 1 on
+    /// any FAIL. Keep the report (--format markdown --output FILE) as the deployment's artifact.
+    #[command(
+        after_help = "Examples:\n  governor check --config /etc/governor/governor.toml\n  governor check --config prod.toml --format markdown --output readiness.md"
+    )]
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+        /// Write the report here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+    Markdown,
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,6 +61,9 @@ pub struct DaemonConfig {
     /// What a clean stop does to the programs: keep enforcing from bpffs, or detach them.
     #[serde(default)]
     pub on_daemon_exit: OnDaemonExit,
+    /// Refuse to start when the readiness check (`governor check`) has a FAIL.
+    #[serde(default)]
+    pub require_ready: bool,
     /// Size of the kernel-to-daemon event ring buffer (a power of two, 4096 or more). Events
     /// beyond it are dropped, counted and recorded as a gap; counters never are.
     #[serde(default = "default_events_buffer")]
@@ -96,6 +99,7 @@ impl Default for DaemonConfig {
             read_group: None,
             admin_group: None,
             on_daemon_exit: OnDaemonExit::default(),
+            require_ready: false,
             events_buffer_bytes: default_events_buffer(),
         }
     }

@@ -1,0 +1,79 @@
+//! `governor check`, the readiness gate, on the shipped examples and in each format.
+
+use std::{path::Path, process::Command};
+
+use governor_tests::{AgentsRoot, governor_bin, privileged};
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+}
+
+fn check(args: &[&str]) -> std::process::Output {
+    Command::new(governor_bin()).arg("check").args(args).output().unwrap()
+}
+
+#[test]
+fn the_examples_get_the_verdicts_they_document() {
+    for (file, ready) in [("governor.toml", true), ("fleet.toml", true), ("observe.toml", false)] {
+        let out = check(&["--config", example(file).to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), ready, "{file}:\n{text}");
+        assert!(text.contains(if ready { ": READY" } else { ": NOT READY" }), "{file}:\n{text}");
+    }
+    let out = check(&["--config", example("observe.toml").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in ["[agent[0].mode]", "[agent[0].on_exhausted]", "[agent[0].checkpoints]", "[agent[0].limits]"] {
+        assert!(text.contains("FAIL") && text.contains(key), "observe.toml should FAIL on {key}:\n{text}");
+    }
+}
+
+#[test]
+fn the_report_is_an_artifact_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example("fleet.toml");
+    let json = check(&["--config", config.to_str().unwrap(), "--format", "json"]);
+    let r: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(r["ready"], true);
+    assert_eq!(r["config_sha256"].as_str().unwrap().len(), 64);
+    for k in ["host", "kernel", "version", "time"] {
+        assert!(r[k].as_str().is_some_and(|v| !v.is_empty()), "{k} missing: {r:#}");
+    }
+    let md = dir.path().join("readiness.md");
+    let out = check(&["--config", config.to_str().unwrap(), "--format", "markdown", "--output", md.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.starts_with("# governor readiness report") && text.contains("| Spend | PASS |"), "{text}");
+    let bad = check(&["--config", "/nonexistent.toml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot read config file /nonexistent.toml"));
+}
+
+#[test]
+fn require_ready_refuses_to_start_on_a_fail() {
+    if !privileged("require_ready_refuses_to_start_on_a_fail") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\nagents_root = {:?}\nsocket = \"{}/g.sock\"\nstate_dir = \"{}/state\"\naudit_log = \"{}/audit.jsonl\"\nrequire_ready = true\n[[agent]]\nname = \"a1\"\n",
+            root.relative,
+            dir.path().display(),
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("daemon.require_ready is set and the readiness check has")
+            && stderr.contains("governor check --config"),
+        "{stderr}"
+    );
+    assert!(!root.path.join("a1").exists(), "nothing was set up");
+}
