@@ -77,3 +77,12 @@ fn require_ready_refuses_to_start_on_a_fail() {
     );
     assert!(!root.path.join("a1").exists(), "nothing was set up");
 }
+
+#[test]
+fn completions_are_generated_for_the_common_shells() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(governor_bin()).args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("governor") && text.contains("pause"), "{shell}: {text}");
+    }
+}

@@ -28,9 +28,11 @@ const DEFAULT_SOCKET: &str = "/run/governor/governor.sock";
     version = crate::VERSION,
     about = "Kernel-enforced network and spend boundaries for autonomous AI agents",
     long_about = "governor puts each agent (a cgroup v2 directory under the agents root) behind eBPF \
-                  programs that count its traffic per endpoint and refuse connections its allowlist \
-                  does not permit.\n\nRun the daemon as root with `governor run`; query it with \
-                  `governor status`.",
+                  programs that count its traffic per endpoint, charge it against a budget, and refuse \
+                  what its allowlist, limits, budget or an operator forbid.\n\nRun the daemon as root \
+                  with `governor run`; watch with `governor status`, `spend`, `events` and `top`; stop \
+                  an agent with `governor pause` or `kill`; check a configuration before it goes live \
+                  with `governor check`.",
     after_help = "Examples:\n  sudo governor run --config /etc/governor/governor.toml\n  sudo governor status\n  sudo governor status --json | jq '.agents[].totals'"
 )]
 pub struct Cli {
@@ -196,6 +198,14 @@ pub enum Command {
         /// Write the report here instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  governor completions bash > /etc/bash_completion.d/governor\n  governor completions zsh > \"${fpath[1]}/_governor\""
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Print the version.
     Version,
