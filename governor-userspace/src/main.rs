@@ -44,11 +44,13 @@ fn main() -> std::process::ExitCode {
         Command::Audit(governor::cli::AuditCommand::Verify { file, socket }) => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::audit_verify(file, &socket)))
         }
-        Command::Check { config, format, output } => match governor::cli::check(&config, format, output.as_deref()) {
-            Ok(true) => Ok(()),
-            Ok(false) => return std::process::ExitCode::FAILURE,
-            Err(e) => Err(e),
-        },
+        Command::Check { config, live, format, output } => {
+            match governor::cli::check(&config, live, format, output.as_deref()) {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
         Command::Reload { socket } => current_thread().and_then(|rt| rt.block_on(governor::cli::reload(&socket))),
         Command::Top { count, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::top(count, &socket)))

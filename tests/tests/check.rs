@@ -86,3 +86,43 @@ fn completions_are_generated_for_the_common_shells() {
         assert!(out.status.success() && text.contains("governor") && text.contains("pause"), "{shell}: {text}");
     }
 }
+
+#[test]
+fn check_live_reads_the_kernel_and_fails_when_a_control_is_broken() {
+    if !privileged("check_live_reads_the_kernel_and_fails_when_a_control_is_broken") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let mut daemon = governor_tests::Daemon::start(&root, "on_daemon_exit = \"detach\"\n[[agent]]\nname = \"a1\"\n");
+    let live = |daemon: &governor_tests::Daemon| -> serde_json::Value {
+        let out = Command::new(governor_bin()).args(["check", "--live", "--format", "json", "--config"]).arg(&daemon.config).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let verdict = |r: &serde_json::Value, check: &str| -> (String, String) {
+        let i = r["items"].as_array().unwrap().iter().find(|i| i["check"] == check).unwrap_or_else(|| panic!("no {check:?} in {r:#}"));
+        (i["verdict"].as_str().unwrap().to_owned(), i["reason"].as_str().unwrap().to_owned())
+    };
+    let r = live(&daemon);
+    for check in ["the daemon answers on its socket", "the audit log is queryable through the socket", "the metrics endpoint answers", "a1 is enforcing", "a1 has governor's programs attached", "agents run unprivileged"] {
+        assert_eq!(verdict(&r, check).0, "PASS", "{check}: {:?}", verdict(&r, check));
+    }
+
+    // Broken on purpose: a root process inside the agent holds CAP_NET_ADMIN and friends.
+    let mut sleeper = governor_tests::spawn_in(&root.path.join("a1"), {
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        c
+    });
+    let r = live(&daemon);
+    let (v, reason) = verdict(&r, "agents run unprivileged");
+    assert_eq!(v, "FAIL");
+    assert!(reason.contains(&format!("pid {}", sleeper.id())) && reason.contains("CAP_NET_ADMIN"), "{reason}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
+    // And with the daemon gone (programs detached), the live check fails.
+    assert!(daemon.stop().success());
+    let out = Command::new(governor_bin()).args(["check", "--live", "--config"]).arg(&daemon.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  the daemon answers on its socket"));
+}

@@ -6,10 +6,10 @@ use super::CheckFormat;
 use crate::{config::LoadedConfig, readiness::report};
 
 /// Returns whether the configuration is ready (no FAIL).
-pub fn run(config: &Path, format: CheckFormat, output: Option<&Path>) -> anyhow::Result<bool> {
+pub fn run(config: &Path, live: bool, format: CheckFormat, output: Option<&Path>) -> anyhow::Result<bool> {
     let loaded = LoadedConfig::from_file(config)?;
     crate::policy::compile(&loaded.config)?;
-    let r = report::build(&loaded);
+    let r = report::build_with(&loaded, live);
     let text = match format {
         CheckFormat::Text => report::text(&r),
         CheckFormat::Markdown => report::markdown(&r),

@@ -193,6 +193,11 @@ pub enum Command {
     Check {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Also prove it on this host: ask the running daemon (through daemon.socket), read the
+        /// programs in effect on every agent cgroup back from the kernel, and look for agent
+        /// processes holding dangerous capabilities. Needs root.
+        #[arg(long)]
+        live: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: CheckFormat,
         /// Write the report here instead of standard output.

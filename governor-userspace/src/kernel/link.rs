@@ -9,6 +9,8 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
 #[repr(C)]
@@ -54,4 +56,33 @@ pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> std::io::Re
         ..Default::default()
     };
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+/// Ids of the programs in effect for `attach_type` on the cgroup `cgroup` (its own and
+/// inherited ones), read back from the kernel.
+pub fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut attr = ProgQueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        query_flags: BPF_F_QUERY_EFFECTIVE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    ids.truncate(attr.prog_cnt as usize);
+    Ok(ids)
 }

@@ -3,7 +3,7 @@
 //! pinned links on the agents root, and typed handles on every map.
 
 mod events;
-mod link;
+pub mod link;
 mod maps;
 pub mod pins;
 pub mod sockets;

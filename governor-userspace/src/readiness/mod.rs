@@ -3,6 +3,7 @@
 //! (pure, unit-tested); `report.rs` renders them as text, JSON or Markdown with the facts an
 //! auditor keeps (config sha256, host, kernel, version, time).
 
+pub mod live;
 pub mod report;
 pub mod static_check;
 

@@ -23,9 +23,17 @@ pub struct Report {
     pub items: Vec<Item>,
 }
 
-/// Checks `loaded` and assembles the report.
+/// Checks `loaded` (and with `live`, the running daemon and the kernel) and assembles the report.
 pub fn build(loaded: &LoadedConfig) -> Report {
-    let items = static_check::check(&loaded.config);
+    build_with(loaded, false)
+}
+
+pub fn build_with(loaded: &LoadedConfig, live: bool) -> Report {
+    let mut items = static_check::check(&loaded.config);
+    if live {
+        items.extend(super::live::check(loaded));
+        items.sort_by_key(|i| i.control);
+    }
     let count = |v: Verdict| items.iter().filter(|i| i.verdict == v).count();
     let uname = nix::sys::utsname::uname().ok();
     Report {
