@@ -95,15 +95,31 @@ fn check_live_reads_the_kernel_and_fails_when_a_control_is_broken() {
     let root = AgentsRoot::new();
     let mut daemon = governor_tests::Daemon::start(&root, "on_daemon_exit = \"detach\"\n[[agent]]\nname = \"a1\"\n");
     let live = |daemon: &governor_tests::Daemon| -> serde_json::Value {
-        let out = Command::new(governor_bin()).args(["check", "--live", "--format", "json", "--config"]).arg(&daemon.config).output().unwrap();
+        let out = Command::new(governor_bin())
+            .args(["check", "--live", "--format", "json", "--config"])
+            .arg(&daemon.config)
+            .output()
+            .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
     };
     let verdict = |r: &serde_json::Value, check: &str| -> (String, String) {
-        let i = r["items"].as_array().unwrap().iter().find(|i| i["check"] == check).unwrap_or_else(|| panic!("no {check:?} in {r:#}"));
+        let i = r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["check"] == check)
+            .unwrap_or_else(|| panic!("no {check:?} in {r:#}"));
         (i["verdict"].as_str().unwrap().to_owned(), i["reason"].as_str().unwrap().to_owned())
     };
     let r = live(&daemon);
-    for check in ["the daemon answers on its socket", "the audit log is queryable through the socket", "the metrics endpoint answers", "a1 is enforcing", "a1 has governor's programs attached", "agents run unprivileged"] {
+    for check in [
+        "the daemon answers on its socket",
+        "the audit log is queryable through the socket",
+        "the metrics endpoint answers",
+        "a1 is enforcing",
+        "a1 has governor's programs attached",
+        "agents run unprivileged",
+    ] {
         assert_eq!(verdict(&r, check).0, "PASS", "{check}: {:?}", verdict(&r, check));
     }
 
