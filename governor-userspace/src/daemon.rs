@@ -163,6 +163,14 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     governor.tick(unix_now(), true)?;
 
+    // Handlers go in before the socket answers: a SIGTERM sent as soon as the daemon is ready
+    // must stop it cleanly, not kill it. Each is created once; a stream made per loop turn
+    // would miss a signal that arrives while another branch runs.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
     let budget_event = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(read_events(governor.clone(), events, budget_event.clone()));
@@ -176,11 +184,10 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     });
     tasks.spawn(deliveries(governor.clone(), done_rx));
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let result = loop {
         tokio::select! {
-            signal = shutdown_signal() => { tracing::info!(signal, "stopping"); break Ok(()) }
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "stopping"); break Ok(()) }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "stopping"); break Ok(()) }
             _ = hangup.recv() => {
                 let g = governor.clone();
                 let by = crate::control::auth::Caller { uid: None, gid: None, pid: None, user: Some("SIGHUP".into()) };
@@ -219,16 +226,6 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     tracing::info!(programs, "governor stopped; maps stay pinned with the spend");
     result
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }
 
 /// Drains the ring buffer as events arrive. Losing events never loses counts: those live in

@@ -154,7 +154,8 @@ fn a_clean_stop_keeps_enforcing_by_default() {
     let root = AgentsRoot::new();
     let other = Server::start(Serve::Sink);
     let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
-    assert!(daemon.stop().success());
+    let stopped = daemon.stop();
+    assert!(stopped.success(), "governor exited {stopped} on SIGTERM:\n{}", daemon.log());
     // on_daemon_exit = "enforce": the pinned programs still refuse while no daemon runs.
     assert!(workload(Some(&root.path.join("a1")), &["connect", &other.addr("127.0.0.1")]).eperm());
     let stop = daemon.audit_log().into_iter().find(|r| r["kind"] == "daemon_stop").unwrap();
