@@ -15,6 +15,16 @@ fn main() -> std::process::ExitCode {
             );
             Ok(())
         }
+        Command::ProbeConnect { addr } => {
+            return match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)) {
+                Ok(_) => std::process::ExitCode::SUCCESS,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::process::ExitCode::from(2),
+                Err(e) => {
+                    eprintln!("governor probe-connect {addr}: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         Command::Version => {
             println!("governor {}", governor::VERSION);
             Ok(())

@@ -119,9 +119,24 @@ fn check_live_reads_the_kernel_and_fails_when_a_control_is_broken() {
         "a1 is enforcing",
         "a1 has governor's programs attached",
         "agents run unprivileged",
+        // The probe: a private daemon and probe agent, proving each control on this kernel.
+        "a forbidden connect gets EPERM (probe)",
+        "an allowed connect is counted (probe)",
+        "pause refuses a connect (probe)",
+        "a tiny budget suspends its probe (probe)",
+        "the denial appears in a live query (probe)",
+        "the metrics endpoint answers (probe)",
     ] {
         assert_eq!(verdict(&r, check).0, "PASS", "{check}: {:?}", verdict(&r, check));
     }
+    let probe_fails: Vec<_> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["check"].as_str().unwrap().ends_with("(probe)") && i["verdict"] != "PASS")
+        .collect();
+    assert!(probe_fails.is_empty(), "{probe_fails:#?}");
+    assert_probe_left_nothing();
 
     // Broken on purpose: a root process inside the agent holds CAP_NET_ADMIN and friends.
     let mut sleeper = governor_tests::spawn_in(&root.path.join("a1"), {
@@ -141,4 +156,21 @@ fn check_live_reads_the_kernel_and_fails_when_a_control_is_broken() {
     let out = Command::new(governor_bin()).args(["check", "--live", "--config"]).arg(&daemon.config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  the daemon answers on its socket"));
+    assert_probe_left_nothing();
+}
+
+/// The probe's cgroups, pins and files are gone once `check --live` returns.
+fn assert_probe_left_nothing() {
+    let mount = governor::cgroup::Cgroup2Mount::discover().unwrap().mount_point;
+    let bpffs = governor::kernel::pins::bpffs().unwrap().join("governor").join(governor::kernel::pins::LAYOUT_VERSION);
+    for dir in [mount, bpffs, std::env::temp_dir()] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("governor-check-"))
+            .collect();
+        assert!(left.is_empty(), "the probe left {left:?} in {}", dir.display());
+    }
 }

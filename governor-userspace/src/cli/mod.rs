@@ -195,7 +195,9 @@ pub enum Command {
         config: PathBuf,
         /// Also prove it on this host: ask the running daemon (through daemon.socket), read the
         /// programs in effect on every agent cgroup back from the kernel, and look for agent
-        /// processes holding dangerous capabilities. Needs root.
+        /// processes holding dangerous capabilities; then start a private daemon with a probe
+        /// agent and prove a forbidden connect is refused, an allowed one counted, a tiny budget
+        /// suspends, pause refuses and the denial is queryable. Needs root.
         #[arg(long)]
         live: bool,
         #[arg(long, value_enum, default_value = "text")]
@@ -204,6 +206,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Used by `check --live`'s probe: connect to ADDR over TCP; exit 0 connected, 2 refused
+    /// with EPERM (governor's answer), 1 anything else.
+    #[command(hide = true)]
+    ProbeConnect { addr: std::net::SocketAddr },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  governor completions bash > /etc/bash_completion.d/governor\n  governor completions zsh > \"${fpath[1]}/_governor\""

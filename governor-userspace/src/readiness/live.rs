@@ -153,7 +153,7 @@ fn privileged_agents(root: &Path) -> Vec<Item> {
 }
 
 /// Whether the metrics endpoint answers with governor's metrics.
-fn metrics(address: &str) -> Item {
+pub(super) fn metrics(address: &str) -> Item {
     let check = "the metrics endpoint answers";
     let answer = (|| -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect(address)?;

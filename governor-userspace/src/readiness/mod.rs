@@ -1,9 +1,11 @@
 //! The readiness gate: does each of the five controls exist in this configuration, with the
 //! reason and the config key to change for anything missing. `static_check.rs` holds the rules
-//! (pure, unit-tested); `report.rs` renders them as text, JSON or Markdown with the facts an
+//! (pure, unit-tested); `live.rs` asks the running daemon and the kernel; `probe.rs` proves the
+//! controls with a private daemon and a probe agent; `report.rs` renders them as text, JSON or Markdown with the facts an
 //! auditor keeps (config sha256, host, kernel, version, time).
 
 pub mod live;
+pub mod probe;
 pub mod report;
 pub mod static_check;
 

@@ -32,6 +32,7 @@ pub fn build_with(loaded: &LoadedConfig, live: bool) -> Report {
     let mut items = static_check::check(&loaded.config);
     if live {
         items.extend(super::live::check(loaded));
+        items.extend(super::probe::run());
         items.sort_by_key(|i| i.control);
     }
     let count = |v: Verdict| items.iter().filter(|i| i.verdict == v).count();

@@ -1,0 +1,228 @@
+//! The probe of `governor check --live`: a private daemon (this same binary) on a temporary
+//! agents root, with one enforced probe agent and a tiny budget, proves on this kernel that a
+//! forbidden connect gets EPERM, an allowed one is counted, the budget suspends the probe, a
+//! pause refuses a connect, the denial shows in a live query, and the metrics answer. Everything
+//! it makes (cgroups, pins, files, processes) is removed before it returns.
+
+use std::{
+    net::TcpListener,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use super::{Control, Item, Verdict};
+use crate::{control::Client, status::Status};
+
+fn item(control: Control, ok: bool, check: &str, reason: impl Into<String>) -> Item {
+    let verdict = if ok { Verdict::Pass } else { Verdict::Fail };
+    Item { control, verdict, check: format!("{check} (probe)"), reason: reason.into(), key: None }
+}
+
+/// What the probe makes, removed on drop whatever happened.
+struct Probe {
+    dir: PathBuf,
+    root: PathBuf,
+    pins: Option<PathBuf>,
+    daemon: Option<Child>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = d.wait();
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for dir in [self.root.join("probe"), self.root.clone()] {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Some(p) = &self.pins {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `binary probe-connect addr` inside `cgroup`: 0 connected, 2 refused (EPERM), else 1.
+fn connect(binary: &Path, cgroup: &Path, addr: &str) -> i32 {
+    let Ok(procs) = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")) else { return -1 };
+    let fd = procs.as_raw_fd();
+    let mut cmd = Command::new(binary);
+    cmd.args(["probe-connect", addr]).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only write(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.status().ok().and_then(|s| s.code()).unwrap_or(-1)
+}
+
+/// A loopback listener that accepts and closes until told to stop.
+fn listener(stop: Arc<AtomicBool>) -> std::io::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    l.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Ok(port)
+}
+
+pub fn run() -> Vec<Item> {
+    match run_probe() {
+        Ok(items) => items,
+        Err(e) => vec![item(
+            Control::Boundaries,
+            false,
+            "the controls work on this host",
+            format!("the probe could not run: {e:#}"),
+        )],
+    }
+}
+
+fn run_probe() -> anyhow::Result<Vec<Item>> {
+    let binary = std::env::current_exe()?;
+    let mount = crate::cgroup::Cgroup2Mount::discover()?;
+    let rel = format!("governor-check-{}", std::process::id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut probe = Probe {
+        dir: std::env::temp_dir().join(&rel),
+        root: mount.mount_point.join(&rel),
+        pins: None,
+        daemon: None,
+        stop: stop.clone(),
+    };
+    std::fs::create_dir_all(&probe.dir)?;
+    let allowed = listener(stop.clone())?;
+    let forbidden = listener(stop)?;
+    let d = probe.dir.display().to_string();
+    let config = probe.dir.join("probe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nagents_root = {rel:?}\nsocket = \"{d}/probe.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/audit.jsonl\"\n\
+             unlisted_agents = \"ignore\"\non_daemon_exit = \"detach\"\n\
+             [[endpoint]]\nname = \"probe-api\"\naddresses = [\"127.0.0.1\"]\nports = [{allowed}]\nprice = {{ connection = \"1\" }}\n\
+             [[agent]]\nname = \"probe\"\nendpoints = [\"probe-api\"]\nbudget = {{ limit = \"2\" }}\n"
+        ),
+    )?;
+    let log = std::fs::File::create(probe.dir.join("probe.log"))?;
+    probe.daemon =
+        Some(Command::new(&binary).args(["run", "--config"]).arg(&config).stdout(Stdio::null()).stderr(log).spawn()?);
+    probe.pins = crate::kernel::pins::bpffs().ok().map(|b| crate::kernel::pins::pin_dir(&b, &probe.root));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = Client::new(&probe.dir.join("probe.sock"));
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(s) = rt.block_on(client.get_json::<Status>("/v1/status")) {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            anyhow::bail!(
+                "the probe daemon did not start: {}",
+                std::fs::read_to_string(probe.dir.join("probe.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let agent = probe.root.join("probe");
+    let (ok_addr, no_addr) = (format!("127.0.0.1:{allowed}"), format!("127.0.0.1:{forbidden}"));
+    let mut out = Vec::new();
+
+    let code = connect(&binary, &agent, &no_addr);
+    out.push(item(
+        Control::Boundaries,
+        code == 2,
+        "a forbidden connect gets EPERM",
+        format!("probe-connect exited {code}"),
+    ));
+    let code = connect(&binary, &agent, &ok_addr);
+    let counted = rt
+        .block_on(client.get_json::<Status>("/v1/status"))
+        .ok()
+        .and_then(|s| s.agents.into_iter().find(|a| a.name == "probe"))
+        .is_some_and(|a| a.totals.allowed >= 1);
+    out.push(item(
+        Control::Boundaries,
+        code == 0 && counted,
+        "an allowed connect is counted",
+        format!("probe-connect exited {code}, counted: {counted}"),
+    ));
+
+    // Pause first: a budget-suspended agent resumes only with a larger budget.
+    let paused =
+        rt.block_on(client.post_json("/v1/agents/probe/pause", &json!({ "reason": "governor check --live" }))).is_ok();
+    let code = connect(&binary, &agent, &ok_addr);
+    let resumed = rt.block_on(client.post_json("/v1/agents/probe/resume", &json!({}))).is_ok();
+    out.push(item(
+        Control::Oversight,
+        paused && code == 2 && resumed,
+        "pause refuses a connect",
+        format!("pause {paused}, connect exited {code}, resume {resumed}"),
+    ));
+
+    // $1 a connection against $2: the second fits, the third is refused and suspends.
+    let second = connect(&binary, &agent, &ok_addr);
+    let third = connect(&binary, &agent, &ok_addr);
+    let suspended = wait_for(&rt, &client, |s| s.agents.iter().any(|a| a.name == "probe" && a.state == "suspended"));
+    out.push(item(
+        Control::Spend,
+        second == 0 && third == 2 && suspended,
+        "a tiny budget suspends its probe",
+        format!("2nd {second}, 3rd {third}, suspended: {suspended}"),
+    ));
+
+    let mut denials = 0;
+    let seen = Instant::now();
+    while denials == 0 && seen.elapsed() < Duration::from_secs(3) {
+        let _ = rt.block_on(client.get_lines("/v1/events?agent=probe&kind=denied", |_| denials += 1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    out.push(item(
+        Control::Auditability,
+        denials > 0,
+        "the denial appears in a live query",
+        format!("{denials} denied records"),
+    ));
+
+    let metrics = super::live::metrics(&status.metrics_address);
+    out.push(Item { check: format!("{} (probe)", metrics.check), ..metrics });
+    Ok(out)
+}
+
+fn wait_for(rt: &tokio::runtime::Runtime, client: &Client, f: impl Fn(&Status) -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        if rt.block_on(client.get_json::<Status>("/v1/status")).is_ok_and(|s| f(&s)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
