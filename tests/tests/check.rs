@@ -111,6 +111,16 @@ fn check_live_reads_the_kernel_and_fails_when_a_control_is_broken() {
             .unwrap_or_else(|| panic!("no {check:?} in {r:#}"));
         (i["verdict"].as_str().unwrap().to_owned(), i["reason"].as_str().unwrap().to_owned())
     };
+    // What a killed `check --live` would leave (its pid gone): the next probe removes it.
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
+    };
+    let mount = governor::cgroup::Cgroup2Mount::discover().unwrap().mount_point;
+    std::fs::create_dir(mount.join(format!("governor-check-{dead}"))).unwrap();
+    std::fs::create_dir(std::env::temp_dir().join(format!("governor-check-{dead}"))).unwrap();
+
     let r = live(&daemon);
     for check in [
         "the daemon answers on its socket",

@@ -93,6 +93,27 @@ fn listener(stop: Arc<AtomicBool>) -> std::io::Result<u16> {
     Ok(port)
 }
 
+/// What an earlier probe left when its `check` was killed (SIGKILL skips the clean-up; its
+/// daemon stopped with it through PR_SET_PDEATHSIG): only names whose pid is gone.
+fn remove_stale(mount: &Path) {
+    let Ok(entries) = std::fs::read_dir(mount) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("governor-check-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        tracing::info!(cgroup = %e.path().display(), "removing what an interrupted probe left");
+        drop(Probe {
+            dir: std::env::temp_dir().join(&name),
+            root: e.path(),
+            pins: crate::kernel::pins::bpffs().ok().map(|b| crate::kernel::pins::pin_dir(&b, &e.path())),
+            daemon: None,
+            stop: Arc::new(AtomicBool::new(true)),
+        });
+    }
+}
+
 pub fn run() -> Vec<Item> {
     match run_probe() {
         Ok(items) => items,
@@ -109,6 +130,7 @@ fn run_probe() -> anyhow::Result<Vec<Item>> {
     let binary = std::env::current_exe()?;
     let mount = crate::cgroup::Cgroup2Mount::discover()?;
     let rel = format!("governor-check-{}", std::process::id());
+    remove_stale(&mount.mount_point);
     let stop = Arc::new(AtomicBool::new(false));
     let mut probe = Probe {
         dir: std::env::temp_dir().join(&rel),
@@ -132,8 +154,19 @@ fn run_probe() -> anyhow::Result<Vec<Item>> {
         ),
     )?;
     let log = std::fs::File::create(probe.dir.join("probe.log"))?;
-    probe.daemon =
-        Some(Command::new(&binary).args(["run", "--config"]).arg(&config).stdout(Stdio::null()).stderr(log).spawn()?);
+    let mut daemon = Command::new(&binary);
+    daemon.args(["run", "--config"]).arg(&config).stdout(Stdio::null()).stderr(log);
+    // If `check` itself is killed, the probe daemon stops too (and detaches its programs)
+    // instead of outliving it. SAFETY: only prctl(2) between fork and exec.
+    unsafe {
+        daemon.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    probe.daemon = Some(daemon.spawn()?);
     probe.pins = crate::kernel::pins::bpffs().ok().map(|b| crate::kernel::pins::pin_dir(&b, &probe.root));
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
