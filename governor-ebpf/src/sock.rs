@@ -4,14 +4,10 @@
 
 use core::ptr::{addr_of, read_volatile};
 
-use aya_ebpf::{
-    bindings::bpf_sock,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_storage_get},
-    programs::SockContext,
-};
+use aya_ebpf::{bindings::bpf_sock, helpers::bpf_sk_storage_get, programs::SockContext};
 use governor_common::{
-    AF_INET, AF_INET6, ConnCounters, DenyEvent, ENDPOINT_UNLISTED, HOOK_SOCK_CREATE, IPPROTO_TCP, IPPROTO_UDP,
-    MODE_ENFORCE, REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, ConnCounters, ENDPOINT_UNLISTED, HOOK_SOCK_CREATE, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE,
+    REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -54,23 +50,17 @@ pub fn create(ctx: &SockContext) -> i32 {
             c.would_deny += 1;
         }
     });
-    // SAFETY: helpers without pointer arguments.
-    let (timestamp_ns, cgroup_id, pid) =
-        unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
-    events::send(&DenyEvent {
-        timestamp_ns,
-        cgroup_id,
-        agent_id: agent.agent_id,
-        pid,
-        reason: REASON_SOCKET_TYPE,
-        verdict: if enforce { VERDICT_DENIED } else { VERDICT_WOULD_DENY },
-        protocol: protocol as u8,
-        family: family as u8,
-        port: kind as u16,
-        hook: HOOK_SOCK_CREATE,
-        _pad: 0,
-        addr: [0; 16],
-    });
+    let verdict = if enforce { VERDICT_DENIED } else { VERDICT_WOULD_DENY };
+    events::deny(
+        &agent,
+        HOOK_SOCK_CREATE,
+        REASON_SOCKET_TYPE,
+        verdict,
+        protocol as u8,
+        family as u8,
+        kind as u16,
+        [0; 16],
+    );
     if enforce { 0 } else { 1 }
 }
 

@@ -9,13 +9,13 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock, bpf_sock_addr},
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_storage_get},
+    helpers::bpf_sk_storage_get,
     programs::SockAddrContext,
 };
 use governor_common::{
-    AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DenyEvent,
-    ENDPOINT_UNLISTED, HOOK_SENDMSG, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY, REASON_NOT_ALLOWLISTED,
-    REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, ENDPOINT_UNLISTED,
+    HOOK_SENDMSG, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule,
+    SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -221,28 +221,5 @@ pub fn report(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8
         }
         Dest::V6(a) => (AF_INET6, a),
     };
-    emit(agent, hook, reason, verdict, protocol, family, port, addr);
-}
-
-/// Sends a `DenyEvent` for the calling task.
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one flat event, built in one place")]
-fn emit(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8, family: u8, port: u16, addr: [u8; 16]) {
-    // SAFETY: helpers without pointer arguments.
-    let (timestamp_ns, cgroup_id, pid) =
-        unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
-    events::send(&DenyEvent {
-        timestamp_ns,
-        cgroup_id,
-        agent_id: agent.agent_id,
-        pid,
-        reason,
-        verdict,
-        protocol,
-        family,
-        port,
-        hook,
-        _pad: 0,
-        addr,
-    });
+    events::deny(agent, hook, reason, verdict, protocol, family, port, addr);
 }

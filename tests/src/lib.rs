@@ -147,9 +147,9 @@ fn remove_cgroup_tree(path: &Path) {
     }
 }
 
-/// Runs `cmd` with its process placed in `cgroup` before exec, so everything it does from its
-/// first instruction is the agent's. Returns its output.
-pub fn run_in(cgroup: &Path, mut cmd: Command) -> Output {
+/// Makes `cmd` place its process in `cgroup` before exec, so everything it does from its first
+/// instruction is the agent's. Keep the returned file open until the process has started.
+fn enter_before_exec(cgroup: &Path, cmd: &mut Command) -> std::fs::File {
     let procs = OpenOptions::new()
         .write(true)
         .open(cgroup.join("cgroup.procs"))
@@ -164,28 +164,29 @@ pub fn run_in(cgroup: &Path, mut cmd: Command) -> Output {
             Ok(())
         });
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    drop(procs);
-    out
+    procs
+}
+
+/// Runs `cmd` in `cgroup` (placed before exec) and returns its output.
+pub fn run_in(cgroup: &Path, mut cmd: Command) -> Output {
+    let _procs = enter_before_exec(cgroup, &mut cmd);
+    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
 }
 
 /// Starts `cmd` in `cgroup` (placed before exec) without waiting for it.
 pub fn spawn_in(cgroup: &Path, mut cmd: Command) -> Child {
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cgroup.display()));
-    let fd = procs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (write) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let _procs = enter_before_exec(cgroup, &mut cmd);
     cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
+}
+
+/// Resident memory of `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// Makes `cmd` run as `uid`/`gid` with only `gid` as its group (the test runs as root).

@@ -142,18 +142,7 @@ fn a_ten_thousand_address_scan_is_refused_counted_and_cheap() {
     let root = AgentsRoot::new();
     let sink = Server::start(Serve::Sink);
     let daemon = Daemon::start(&root, &config(sink.port, ""));
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let rss = governor_tests::rss_kib;
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before = rss(daemon.pid());
     let out = workload(Some(&root.path.join("a1")), &["scan", "10000", "9"]);

@@ -38,18 +38,7 @@ fn ten_thousand_connections_a_second_for_a_minute() {
         config.push_str(&format!("[[agent]]\nname = \"load{a}\"\nendpoints = [\"acceptor\"]\n"));
     }
     let daemon = Daemon::start(&root, &config);
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let rss = governor_tests::rss_kib;
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = rss(daemon.pid());
 

@@ -150,16 +150,7 @@ impl Kernel {
                 })?;
                 let link =
                     prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
-                pin_link(
-                    name,
-                    FdLink::try_from(link).map_err(|e| KernelError::Link {
-                        name,
-                        path: pin.clone(),
-                        op: "convert to fd link",
-                        source: std::io::Error::other(e.to_string()),
-                    })?,
-                    &pin,
-                )?;
+                pin_new_link(name, link, &pin)?;
             }
         }
         for name in SOCK_PROGRAMS {
@@ -176,16 +167,7 @@ impl Kernel {
                 })?;
                 let link =
                     prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
-                pin_link(
-                    name,
-                    FdLink::try_from(link).map_err(|e| KernelError::Link {
-                        name,
-                        path: pin.clone(),
-                        op: "convert to fd link",
-                        source: std::io::Error::other(e.to_string()),
-                    })?,
-                    &pin,
-                )?;
+                pin_new_link(name, link, &pin)?;
             }
         }
         for (name, attach_type) in SKB_PROGRAMS {
@@ -203,16 +185,7 @@ impl Kernel {
                     .map_err(|source| KernelError::Program { name, op: "attach", source })?;
                 let link =
                     prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
-                pin_link(
-                    name,
-                    FdLink::try_from(link).map_err(|e| KernelError::Link {
-                        name,
-                        path: pin.clone(),
-                        op: "convert to fd link",
-                        source: std::io::Error::other(e.to_string()),
-                    })?,
-                    &pin,
-                )?;
+                pin_new_link(name, link, &pin)?;
             }
         }
         Ok(())
@@ -384,6 +357,21 @@ fn update_pinned(name: &'static str, pin: &Path, program: std::os::fd::BorrowedF
     link::link_update(fd.as_fd(), program).map_err(|e| err("update pinned link", e))?;
     tracing::info!(program = name, "adopted pinned link; program replaced atomically");
     Ok(true)
+}
+
+/// Pins a link just made by `attach` (every cgroup link here is a bpf_link, so it converts).
+fn pin_new_link<L>(name: &'static str, link: L, pin: &Path) -> Result<(), KernelError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let link = FdLink::try_from(link).map_err(|e| KernelError::Link {
+        name,
+        path: pin.to_owned(),
+        op: "convert to fd link",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    pin_link(name, link, pin)
 }
 
 fn pin_link(name: &'static str, link: FdLink, pin: &Path) -> Result<(), KernelError> {

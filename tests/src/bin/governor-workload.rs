@@ -180,24 +180,12 @@ fn sink(addr: SocketAddr) -> std::io::Result<Done> {
 }
 
 fn connect_loop(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
-    use std::os::fd::AsRawFd as _;
     let started = std::time::Instant::now();
     let mut refused = 0;
     for _ in 0..n {
         match TcpStream::connect(addr) {
             Ok(s) => {
-                // Close with a reset: no TIME_WAIT, so a long loop never starves the port range.
-                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                // SAFETY: setsockopt with a correctly sized linger struct on our own socket.
-                unsafe {
-                    libc::setsockopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        size_of::<libc::linger>() as u32,
-                    )
-                };
+                reset_on_close(&s);
             }
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
             Err(e) => return Err(e),
@@ -357,7 +345,6 @@ fn scan(n: u64, port: u16) -> std::io::Result<Done> {
 }
 
 fn connect_rate(addr: SocketAddr, rate: u64, secs: u64) -> std::io::Result<Done> {
-    use std::os::fd::AsRawFd as _;
     let started = std::time::Instant::now();
     let mut done = Done::default();
     for i in 0..rate * secs {
@@ -367,17 +354,7 @@ fn connect_rate(addr: SocketAddr, rate: u64, secs: u64) -> std::io::Result<Done>
         }
         match TcpStream::connect(addr) {
             Ok(s) => {
-                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                // SAFETY: setsockopt with a correctly sized linger struct on our own socket.
-                unsafe {
-                    libc::setsockopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&raw const linger).cast(),
-                        size_of::<libc::linger>() as u32,
-                    )
-                };
+                reset_on_close(&s);
                 done.bytes += 1;
             }
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => done.eperm += 1,
@@ -386,4 +363,20 @@ fn connect_rate(addr: SocketAddr, rate: u64, secs: u64) -> std::io::Result<Done>
     }
     done.nanos_per_op = started.elapsed().as_nanos() as u64 / (rate * secs).max(1);
     Ok(done)
+}
+
+/// Closes with a reset: no TIME_WAIT, so a long connect loop never starves the port range.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt with a correctly sized linger struct on our own socket.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as u32,
+        )
+    };
 }
