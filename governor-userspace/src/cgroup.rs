@@ -27,6 +27,25 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cgr
     move |source| CgroupError::Io { op, path: path.to_owned(), source }
 }
 
+/// Makes `cmd` join `cgroup` between fork and exec, so the process does nothing outside it.
+/// Returns the open `cgroup.procs`: keep it until the process has started.
+pub fn enter_before_exec(cgroup: &Path, cmd: &mut std::process::Command) -> Result<std::fs::File, CgroupError> {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let path = cgroup.join("cgroup.procs");
+    let procs = std::fs::OpenOptions::new().write(true).open(&path).map_err(io_err("open", &path))?;
+    let fd = procs.as_raw_fd();
+    // SAFETY: only write(2), async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(procs)
+}
+
 /// The cgroup2 mount: where it is, and which cgroup of the hierarchy it shows at its top.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup2Mount {

@@ -147,24 +147,8 @@ fn remove_cgroup_tree(path: &Path) {
     }
 }
 
-/// Makes `cmd` place its process in `cgroup` before exec, so everything it does from its first
-/// instruction is the agent's. Keep the returned file open until the process has started.
 fn enter_before_exec(cgroup: &Path, cmd: &mut Command) -> std::fs::File {
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cgroup.display()));
-    let fd = procs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (write) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    procs
+    governor::cgroup::enter_before_exec(cgroup, cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `cmd` in `cgroup` (placed before exec) and returns its output.

@@ -6,7 +6,7 @@
 
 use std::{
     net::TcpListener,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -61,19 +61,9 @@ impl Drop for Probe {
 
 /// Runs `binary probe-connect addr` inside `cgroup`: 0 connected, 2 refused (EPERM), else 1.
 fn connect(binary: &Path, cgroup: &Path, addr: &str) -> i32 {
-    let Ok(procs) = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs")) else { return -1 };
-    let fd = procs.as_raw_fd();
     let mut cmd = Command::new(binary);
     cmd.args(["probe-connect", addr]).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only write(2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let Ok(_procs) = crate::cgroup::enter_before_exec(cgroup, &mut cmd) else { return -1 };
     cmd.status().ok().and_then(|s| s.code()).unwrap_or(-1)
 }
 
