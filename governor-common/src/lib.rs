@@ -32,10 +32,27 @@ pub mod maps {
     /// `PerCpuHashMap<u64 /* cgroup id */, HostEgress>`: the host's egress on its uplinks, by
     /// sending cgroup, agents or not. Key 0: packets with no socket, and overflow.
     pub const HOST_EGRESS: &str = "HOST_EGRESS";
+    /// `HashMap<[u8; 16] /* IPv6 or IPv4-mapped */, Resolver>`: the DNS resolvers agents may use.
+    pub const RESOLVERS: &str = "RESOLVERS";
+    /// `Array<ResolverSlot>` by resolver index: turns a proxy address back into the resolver's.
+    pub const RESOLVER_SLOTS: &str = "RESOLVER_SLOTS";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 11] =
-        [AGENTS, ALLOW_V4, ALLOW_V6, CONN_STATS, TRAFFIC, SOCK_TAGS, CONTROL, SPEND, EVENTS, EVENTS_LOST, HOST_EGRESS];
+    pub const ALL: [&str; 13] = [
+        AGENTS,
+        ALLOW_V4,
+        ALLOW_V6,
+        CONN_STATS,
+        TRAFFIC,
+        SOCK_TAGS,
+        CONTROL,
+        SPEND,
+        EVENTS,
+        EVENTS_LOST,
+        HOST_EGRESS,
+        RESOLVERS,
+        RESOLVER_SLOTS,
+    ];
 }
 
 /// Program names (the Rust function names in `governor-ebpf/src/main.rs`).
@@ -49,6 +66,10 @@ pub mod programs {
     pub const TC_EGRESS: &str = "governor_tc_egress";
     pub const SOCK_CREATE: &str = "governor_sock_create";
     pub const SOCK_RELEASE: &str = "governor_sock_release";
+    pub const RECVMSG4: &str = "governor_recvmsg4";
+    pub const RECVMSG6: &str = "governor_recvmsg6";
+    pub const GETPEERNAME4: &str = "governor_getpeername4";
+    pub const GETPEERNAME6: &str = "governor_getpeername6";
 }
 
 /// Global set by the loader: the cgroup level of agent cgroups (agents root level + 1).
@@ -74,6 +95,8 @@ pub const REASON_RATE_LIMIT: u8 = 4;
 pub const REASON_CONCURRENCY: u8 = 5;
 /// A socket agents may not create: raw, packet, ICMP, or a protocol other than TCP and UDP.
 pub const REASON_SOCKET_TYPE: u8 = 6;
+/// DNS to a resolver that is not configured (`[dns] resolvers`).
+pub const REASON_DNS_RESOLVER: u8 = 7;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
 pub const REASONS: usize = 8;
 
@@ -109,6 +132,42 @@ pub const IPPROTO_UDP: u8 = 17;
 /// Address families as in `DenyEvent::family` (the kernel's AF_INET / AF_INET6).
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
+
+/// The endpoint id DNS traffic to the configured resolvers is counted under: `name_id("dns")`,
+/// a name endpoints may not take.
+pub const ENDPOINT_DNS: u32 = 0xda6a_e8bc;
+
+/// Destination port that makes a connect or sendmsg a DNS query.
+pub const DNS_PORT: u16 = 53;
+/// Resolvers an agent may use, at most (indexes 0..MAX_RESOLVERS).
+pub const MAX_RESOLVERS: u32 = 64;
+/// Agent DNS is sent to the daemon's proxy at 127.(PROXY_OCTET + resolver).(slot >> 8).(slot & 255):
+/// the address alone tells the proxy which agent asked and which resolver it meant.
+pub const PROXY_OCTET: u8 = 64;
+
+/// Value of `RESOLVERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resolver {
+    /// Index into `RESOLVER_SLOTS`, below MAX_RESOLVERS.
+    pub index: u32,
+    /// The daemon's DNS proxy port (TCP and UDP on loopback); 0: no proxy, queries go straight
+    /// to the resolver.
+    pub proxy_port: u32,
+}
+const _: () = assert!(size_of::<Resolver>() == 8);
+
+/// Value of `RESOLVER_SLOTS`: the resolver an index stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResolverSlot {
+    /// IPv6, or IPv4-mapped (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+    /// As in `Resolver`; 0 marks an unused slot.
+    pub proxy_port: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ResolverSlot>() == 24);
 
 /// Bits of an allow key in front of the address: agent id, protocol, padding, port.
 pub const ALLOW_KEY_FIXED_BITS: u32 = 64;
@@ -149,7 +208,10 @@ const _: () = assert!(size_of::<Prices>() == 24);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
     pub endpoint_id: u32,
-    pub _pad: u32,
+    /// 0 for configured addresses. For addresses admitted from DNS answers: CLOCK_BOOTTIME
+    /// seconds of the last allowed connect (the kernel updates it at most once a second), so
+    /// the daemon expires them by last use rather than by last lookup.
+    pub last_use_s: u32,
     pub prices: Prices,
 }
 const _: () = assert!(size_of::<Rule>() == 32);
@@ -343,6 +405,8 @@ mod pod {
     unsafe impl aya::Pod for super::AllowKeyV4 {}
     unsafe impl aya::Pod for super::AllowKeyV6 {}
     unsafe impl aya::Pod for super::DenyEvent {}
+    unsafe impl aya::Pod for super::Resolver {}
+    unsafe impl aya::Pod for super::ResolverSlot {}
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 mod agent;
 mod budget;
+mod dns;
 mod events;
 mod limits;
 mod maps;
@@ -39,6 +40,26 @@ pub fn governor_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn governor_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr::verdict(&ctx, HOOK_SENDMSG, true)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn governor_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns::restore(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn governor_recvmsg6(ctx: SockAddrContext) -> i32 {
+    dns::restore(&ctx, true)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn governor_getpeername4(ctx: SockAddrContext) -> i32 {
+    dns::restore(&ctx, false)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn governor_getpeername6(ctx: SockAddrContext) -> i32 {
+    dns::restore(&ctx, true)
 }
 
 #[cgroup_skb(egress)]

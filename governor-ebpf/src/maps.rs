@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, HostEgress, Rule, SLOTS, SockTag, Spend,
-    StatsKey, TrafficCounters,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, HostEgress, MAX_RESOLVERS, Resolver,
+    ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TrafficCounters,
 };
 
 #[btf_map]
@@ -47,6 +47,14 @@ pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 /// for cgroups the map has no room for.
 #[btf_map]
 pub static HOST_EGRESS: PerCpuHashMap<u64, HostEgress, 65_536> = PerCpuHashMap::new();
+
+/// The resolvers agents may send DNS to, by address (IPv6 or IPv4-mapped).
+#[btf_map]
+pub static RESOLVERS: HashMap<[u8; 16], Resolver, { MAX_RESOLVERS as usize }> = HashMap::new();
+
+/// Resolver addresses by index, to show agents the resolver in place of the proxy.
+#[btf_map]
+pub static RESOLVER_SLOTS: Array<ResolverSlot, { MAX_RESOLVERS as usize }> = Array::new();
 
 /// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot on first use.
 /// Returns false if the map had no room for a new key.

@@ -4,23 +4,24 @@
 //! Two LPM lookups at most (the exact port, then "any port"), one counter update, and an event
 //! only when the verdict is not allow. Processes that are not in an agent pass untouched.
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock, bpf_sock_addr},
     btf_maps::lpm_trie::Key,
-    helpers::bpf_sk_storage_get,
+    helpers::{bpf_ktime_get_boot_ns, bpf_sk_storage_get},
     programs::SockAddrContext,
 };
 use governor_common::{
-    AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, ENDPOINT_UNLISTED,
-    HOOK_SENDMSG, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule,
-    SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
+    ENDPOINT_UNLISTED, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY,
+    REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED,
+    VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
     agent::{self, NO_AGENT},
-    budget, events, limits,
+    budget, dns, events, limits,
     maps::{ALLOW_V4, ALLOW_V6, CONN_STATS, SOCK_TAGS, per_cpu_add},
 };
 
@@ -51,6 +52,9 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         let dest = if v6 { read_ip6(sa) } else { Dest::V4(read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes()) };
         (protocol, port, dest)
     };
+    if port == DNS_PORT && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP) {
+        return dns_verdict(ctx, &agent, hook, protocol, port, dest, v6);
+    }
 
     let rule = match dest {
         Dest::V4(addr) => lookup_v4(agent.rule_id, protocol, port, addr),
@@ -114,9 +118,61 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     ALLOW
 }
 
+/// DNS: only to a configured resolver, and then through the daemon's proxy. Counted under the
+/// `dns` endpoint at no price, outside the rate and concurrency limits (the proxy bounds it),
+/// and refused like everything else while the agent is paused or suspended.
+#[inline(always)]
+fn dns_verdict(
+    ctx: &SockAddrContext,
+    agent: &AgentInfo,
+    hook: u8,
+    protocol: u8,
+    port: u16,
+    dest: Dest,
+    v6: bool,
+) -> i32 {
+    let route = dns::route(dest);
+    let listed = route.index != dns::NOT_A_RESOLVER;
+    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: if listed { ENDPOINT_DNS } else { ENDPOINT_UNLISTED } };
+    let deny = |reason: u8| {
+        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied[reason as usize] += 1);
+        report(agent, hook, reason, VERDICT_DENIED, protocol, port, dest);
+        DENY
+    };
+    if !listed {
+        if agent.mode == MODE_ENFORCE {
+            return deny(REASON_DNS_RESOLVER);
+        }
+        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
+        report(agent, hook, REASON_DNS_RESOLVER, VERDICT_WOULD_DENY, protocol, port, dest);
+        return ALLOW;
+    }
+    let blocked = budget::agent_blocked(agent.slot);
+    if blocked != 0 {
+        return deny(blocked);
+    }
+    let tag = socket_tag(ctx);
+    // SAFETY: `tag` is null or a storage slot of the right type.
+    let counted = !tag.is_null() && unsafe { (*tag).flags & TAG_COUNTED != 0 };
+    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
+        c.allowed += 1;
+        c.flows += 1;
+    });
+    // Keep a place the socket already holds, so sock_release still gives it back.
+    set_tag(tag, agent, &DNS_RULE, if counted { TAG_COUNTED } else { 0 });
+    dns::redirect(ctx, route, agent, v6);
+    ALLOW
+}
+
+const DNS_RULE: Rule = Rule {
+    endpoint_id: ENDPOINT_DNS,
+    last_use_s: 0,
+    prices: governor_common::Prices { connection: 0, tx_byte: 0, rx_byte: 0 },
+};
+
 /// Reads `user_ip6` one 32-bit word at a time and folds `::ffff:a.b.c.d` into IPv4.
 #[inline(always)]
-unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> Dest {
+pub unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> Dest {
     // SAFETY: 32-bit context reads, as in `verdict`.
     let w = unsafe {
         [
@@ -144,7 +200,7 @@ unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> Dest {
 
 const NO_RULE: Rule = Rule {
     endpoint_id: ENDPOINT_UNLISTED,
-    _pad: 0,
+    last_use_s: 0,
     prices: governor_common::Prices { connection: 0, tx_byte: 0, rx_byte: 0 },
 };
 
@@ -153,11 +209,11 @@ const NO_RULE: Rule = Rule {
 fn lookup_v4(rule_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Rule {
     let exact = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(rule_id, protocol, port, addr));
     if let Some(rule) = ALLOW_V4.get(&exact) {
-        return *rule;
+        return used(rule);
     }
     let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(rule_id, protocol, 0, addr));
     match ALLOW_V4.get(&any_port) {
-        Some(rule) => *rule,
+        Some(rule) => used(rule),
         None => NO_RULE,
     }
 }
@@ -166,13 +222,32 @@ fn lookup_v4(rule_id: u32, protocol: u8, port: u16, addr: [u8; 4]) -> Rule {
 fn lookup_v6(rule_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
     let exact = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(rule_id, protocol, port, addr));
     if let Some(rule) = ALLOW_V6.get(&exact) {
-        return *rule;
+        return used(rule);
     }
     let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(rule_id, protocol, 0, addr));
     match ALLOW_V6.get(&any_port) {
-        Some(rule) => *rule,
+        Some(rule) => used(rule),
         None => NO_RULE,
     }
+}
+
+/// Copies a matched rule out and, for an address admitted from a DNS answer (`last_use_s` not
+/// 0), stamps the rule with the time of this use, at most once a second.
+#[inline(always)]
+fn used(rule: &Rule) -> Rule {
+    let copy = *rule;
+    if copy.last_use_s != 0 {
+        // SAFETY: a helper with no arguments.
+        let now = (unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32;
+        if now != copy.last_use_s {
+            // The value lives in map memory the program may write; a racing update from the
+            // daemon can only replace the whole node, which loses one stamp at most.
+            let p = core::ptr::from_ref(rule).cast_mut();
+            // SAFETY: a 32-bit write into the map value the lookup returned, read no more here.
+            unsafe { write_volatile(addr_of_mut!((*p).last_use_s), now.max(1)) };
+        }
+    }
+    copy
 }
 
 /// The socket's tag slot, created (zeroed) if it has none; null when the kernel refuses.

@@ -15,7 +15,7 @@ use crate::{
     cgroup::{AgentsRoot, CgroupError},
     config::{Mode, UnlistedAgents},
     kernel::{KernelError, KernelMaps},
-    policy::{Policy, mode_code, name_id},
+    policy::{Admitted, Policy, mode_code, name_id},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +58,14 @@ pub enum AgentsError {
     Books(#[from] BooksError),
 }
 
+/// What a policy generation installs: the compiled policy, and the addresses DNS admitted
+/// keyed for its generation.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub policy: &'a Policy,
+    pub admitted: &'a Admitted,
+}
+
 pub struct AgentTable {
     agents: BTreeMap<u32, Agent>,
     unlisted: UnlistedAgents,
@@ -68,7 +76,7 @@ impl AgentTable {
     /// only then registers the agents, so no connect ever sees an agent without its allowlist
     /// and budget. Registrations and rules a previous daemon left in adopted maps are removed.
     pub fn install(
-        policy: &Policy,
+        rules: Rules<'_>,
         unlisted: UnlistedAgents,
         root: &AgentsRoot,
         maps: &mut KernelMaps,
@@ -77,7 +85,7 @@ impl AgentTable {
         now: i64,
     ) -> Result<Self, AgentsError> {
         let mut table = Self { agents: BTreeMap::new(), unlisted };
-        table.apply(policy, root, maps, books, adopted, now)?;
+        table.apply(rules, root, maps, books, adopted, now)?;
         let current: Vec<u64> = table.agents.values().filter_map(|a| a.cgroup_id).collect();
         for stale in maps.registered_cgroups().into_iter().filter(|c| !current.contains(c)) {
             maps.unregister_agent(stale)?;
@@ -85,22 +93,23 @@ impl AgentTable {
         Ok(table)
     }
 
-    /// Applies `policy` (at start, or a reload compiled for the other generation): its rules go
-    /// in beside the running ones, then each agent is switched with one atomic update of its
+    /// Applies `policy` (at start, or a reload compiled for the other generation): its rules,
+    /// and the addresses DNS admitted re-keyed for it (`admitted`), go in beside the running ones, then each agent is switched with one atomic update of its
     /// AGENTS entry, then the previous generation's rules are removed. Every connect sees
     /// either an agent's whole old policy or its whole new one. If the kernel cannot take the
     /// new rules nothing changes. Agents the policy no longer names stop being governed as
     /// configured agents (they may be discovered again as observed ones).
     pub fn apply(
         &mut self,
-        policy: &Policy,
+        rules: Rules<'_>,
         root: &AgentsRoot,
         maps: &mut KernelMaps,
         books: &mut Books,
         adopted: bool,
         now: i64,
     ) -> Result<Vec<String>, AgentsError> {
-        maps.insert_rules(&policy.agents)?;
+        let Rules { policy, admitted } = rules;
+        maps.insert_rules(&policy.agents, admitted)?;
         let mut changed = Vec::new();
         for a in &policy.agents {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
@@ -141,7 +150,7 @@ impl AgentTable {
                 changed.push(format!("-{}", a.name));
             }
         }
-        maps.remove_rules_except(&policy.agents)?;
+        maps.remove_rules_except(&policy.agents, admitted)?;
         Ok(changed)
     }
 
@@ -151,6 +160,10 @@ impl AgentTable {
 
     pub fn get(&self, id: u32) -> Option<&Agent> {
         self.agents.get(&id)
+    }
+
+    pub fn by_slot(&self, slot: u32) -> Option<&Agent> {
+        self.agents.values().find(|a| a.slot == slot)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Agent> {

@@ -12,7 +12,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
     accounting::{books::Books, state},
-    agents::AgentTable,
+    agents::{AgentTable, Rules},
     audit::AuditLog,
     cgroup::{AgentsRoot, Cgroup2Mount},
     config::LoadedConfig,
@@ -78,6 +78,10 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for metrics on {metrics_addr} (daemon.metrics)"))?;
     let metrics_address = metrics_listener.local_addr()?;
+    let dns_port = *config.config.dns.proxy_port.get_ref() as u16;
+    let dns_listeners = crate::dns::proxy::bind_listeners(dns_port).with_context(|| {
+        format!("cannot listen for agents' DNS on loopback port {dns_port} (dns.proxy_port; 0 picks a free one)")
+    })?;
 
     let pins = PinDir::open(&root.path)?;
     let mut kernel = Kernel::load(root.agent_level, *d.events_buffer_bytes.get_ref() as u32, pins)?;
@@ -89,7 +93,17 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let now = unix_now();
     let outbox = saved.as_ref().map(|s| s.outbox.clone()).unwrap_or_default();
     let mut books = Books::open(&policy.currency, policy.host.clone(), saved, adopted, now, &mut maps)?;
-    let mut agents = AgentTable::install(&policy, d.unlisted_agents, &root, &mut maps, &mut books, adopted, now)?;
+    let mut names = policy.dns.new_cache();
+    let admitted = crate::dns::admit::adopt(&maps.dynamic_rules(), &mut names, &policy, crate::dns::boot_secs());
+    let resolvers = crate::dns::resolvers(&policy.dns);
+    if resolvers.is_empty() {
+        tracing::warn!(
+            "no DNS resolvers (dns.resolvers is unset and /etc/resolv.conf names none): agents' DNS is refused"
+        );
+    }
+    maps.set_resolvers(&resolvers, dns_listeners.port)?;
+    let rules = Rules { policy: &policy, admitted: &admitted };
+    let mut agents = AgentTable::install(rules, d.unlisted_agents, &root, &mut maps, &mut books, adopted, now)?;
     agents.sync(&root, &mut maps, &mut books, now)?;
     maps.prepare_host_egress()?;
     kernel.attach(&root.path)?;
@@ -106,6 +120,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "agents_root": root.path.display().to_string(),
             "adopted_pinned_state": adopted,
             "host_interfaces": host_interfaces,
+            "dns_resolvers": resolvers,
+            "dns_proxy_port": dns_listeners.port,
             "pid": std::process::id(),
         }),
     )?;
@@ -122,6 +138,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         agents = agents.iter().count(),
         adopted,
         host_interfaces = ?host_interfaces,
+        dns_proxy_port = dns_listeners.port,
+        resolvers = ?resolvers,
         socket = %d.socket.get_ref().display(),
         metrics = %metrics_address,
         "governor is running"
@@ -139,7 +157,12 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         root,
         metrics_address,
         state_dir,
-        core: std::sync::Mutex::new(Core { maps, agents, books }),
+        core: std::sync::Mutex::new(Core { maps, agents, books, names }),
+        dns: crate::dns::proxy::DnsState {
+            port: dns_listeners.port,
+            resolvers: std::sync::RwLock::new(resolvers),
+            stats: Default::default(),
+        },
         events: Default::default(),
         audit: std::sync::Mutex::new(audit),
         tally: Default::default(),
@@ -178,6 +201,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     tasks.spawn(account(governor.clone(), budget_event));
     tasks.spawn(control::serve(control_listener, governor.clone()));
     tasks.spawn(metrics::serve(metrics_listener, governor.clone()));
+    tasks.spawn(crate::dns::proxy::serve(governor.clone(), dns_listeners));
+    tasks.spawn(crate::dns::proxy::maintain(governor.clone()));
     tasks.spawn(async move {
         notify::deliver(hooks, notify_rx, done_tx).await;
         Ok(())
@@ -324,7 +349,7 @@ async fn discover_agents(governor: Arc<Governor>) -> anyhow::Result<()> {
         tick.tick().await;
         let result = {
             let mut core = governor.core();
-            let Core { maps, agents, books } = &mut *core;
+            let Core { maps, agents, books, .. } = &mut *core;
             agents.sync(&governor.root, maps, books, unix_now())
         };
         match result {

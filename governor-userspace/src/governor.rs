@@ -87,6 +87,8 @@ pub struct Core {
     pub maps: KernelMaps,
     pub agents: AgentTable,
     pub books: Books,
+    /// Addresses admitted from DNS answers (they live in `maps` too).
+    pub names: crate::dns::cache::NameCache,
 }
 
 /// Counts since the daemon started, for metrics.
@@ -133,6 +135,8 @@ pub struct Governor {
     pub program_ids: Vec<(&'static str, u32)>,
     /// Who may read and who may control, for the control socket.
     pub groups: Arc<crate::control::auth::AccessGroups>,
+    /// The DNS proxy's port, resolvers and counters.
+    pub dns: crate::dns::proxy::DnsState,
     /// Cgroup id -> path cache for naming host egress, refreshed at most once a second.
     pub cgroup_paths: Mutex<(Option<std::time::Instant>, std::collections::HashMap<u64, String>)>,
 }
@@ -185,6 +189,7 @@ impl Governor {
     /// Remembers `policy`'s endpoints (at start and on every reload).
     pub fn learn_endpoints(&self, policy: &Policy) {
         let mut known = lock(&self.known_endpoints);
+        known.insert(governor_common::ENDPOINT_DNS, ("dns".to_owned(), Prices::default()));
         for e in &policy.endpoints {
             known.insert(e.id, (e.name.clone(), e.prices));
         }
@@ -194,7 +199,8 @@ impl Governor {
         lock(&self.known_endpoints).get(&id).map_or_else(Prices::default, |(_, p)| *p)
     }
 
-    fn endpoint_name(&self, id: u32) -> String {
+    /// The name of endpoint `id`, as status shows it.
+    pub fn endpoint_name(&self, id: u32) -> String {
         if id == ENDPOINT_UNLISTED {
             return UNLISTED_ENDPOINT.to_owned();
         }
@@ -210,7 +216,7 @@ impl Governor {
         self.record_event_gap(now)?;
         let (notices, checkpoints, saved) = {
             let mut core = self.core();
-            let Core { maps, books, agents } = &mut *core;
+            let Core { maps, books, agents, .. } = &mut *core;
             let notices = books.tick(now, maps)?;
             let need_counts = books.accounts().any(|a| a.checkpoints.every_connections.is_some());
             let counters = if need_counts { maps.counters()? } else { BTreeMap::new() };
@@ -509,11 +515,39 @@ impl Governor {
             write_errors: WriteErrors { audit: tally.audit_errors, state: tally.state_errors },
             threshold_crossings: tally.threshold_crossings.iter().map(|((o, p), n)| (format!("{o}:{p}"), *n)).collect(),
             suspensions: tally.suspensions.clone(),
+            dns: self.dns_status(&core),
         })
     }
 }
 
 impl Governor {
+    fn dns_status(&self, core: &Core) -> crate::status::DnsStatus {
+        let stats = self.dns.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queries: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for ((agent, result), n) in &stats.queries {
+            queries.entry(agent.clone()).or_default().insert((*result).to_owned(), *n);
+        }
+        crate::status::DnsStatus {
+            proxy_port: self.dns.port,
+            resolvers: self
+                .dns
+                .resolvers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            queries,
+            admitted_addresses: stats.admitted_addresses,
+            cache: crate::status::DnsCacheStatus {
+                names: core.names.names() as u64,
+                max_names: self.policy().dns.max_names as u64,
+                addresses: core.names.addresses() as u64,
+                evictions: core.names.evictions,
+            },
+        }
+    }
+
     /// Names and prices the host's egress counters.
     fn host_egress(&self, raw: &BTreeMap<u64, governor_common::HostEgress>) -> HostEgressStatus {
         let paths = {

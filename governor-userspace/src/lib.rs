@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dns;
+pub mod explain;
 pub mod governor;
 pub mod kernel;
 pub mod metrics;

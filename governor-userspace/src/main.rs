@@ -25,6 +25,9 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Command::ProbeResolve { name, resolver } => {
+            return std::process::ExitCode::from(governor::readiness::probe::resolve_command(&name, resolver) as u8);
+        }
         Command::Version => {
             println!("governor {}", governor::VERSION);
             Ok(())
@@ -71,6 +74,13 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Explain { agent, destination, protocol, json, socket } => current_thread().and_then(|rt| {
+            if rt.block_on(governor::cli::explain(&agent, destination, protocol, json, socket))? {
+                Ok(())
+            } else {
+                std::process::exit(3)
+            }
+        }),
         Command::Spend { agent, by, json, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::spend(agent, by, json, socket)))
         }

@@ -283,6 +283,38 @@ pub fn render(s: &Status) -> Result<String, String> {
             endpoint_spend.with_label_values(&[a.name.as_str(), e.endpoint.as_str(), cur]).inc_by(units(e.spend_pico));
         }
     }
+    let dns_queries = counter(
+        &r,
+        "governor_dns_queries_total",
+        "Agents' DNS queries through the proxy, by result (admitted, not-allowed, servfail, dropped).",
+        &["agent", "result"],
+    )?;
+    for (agent, results) in &s.dns.queries {
+        for (result, n) in results {
+            dns_queries.with_label_values(&[agent.as_str(), result.as_str()]).inc_by(*n);
+        }
+    }
+    let cache_names = gauge(
+        &r,
+        "governor_dns_cache_names",
+        "(agent, name) pairs in the DNS name cache (bound: dns.max_names).",
+        &[],
+    )?;
+    cache_names.with_label_values(&[] as &[&str]).set(s.dns.cache.names as f64);
+    let cache_addresses = gauge(
+        &r,
+        "governor_dns_cache_addresses",
+        "Addresses admitted from DNS answers now in the kernel's allowlist.",
+        &[],
+    )?;
+    cache_addresses.with_label_values(&[] as &[&str]).set(s.dns.cache.addresses as f64);
+    let evictions = counter(
+        &r,
+        "governor_dns_cache_evictions_total",
+        "Names and addresses evicted (least recently used) to keep the DNS cache within dns.max_names and dns.max_addresses_per_name.",
+        &[],
+    )?;
+    evictions.with_label_values(&[] as &[&str]).inc_by(s.dns.cache.evictions);
     received.with_label_values(&[] as &[&str]).inc_by(s.events.received);
     lost.with_label_values(&[] as &[&str]).inc_by(s.events.lost);
     malformed.with_label_values(&[] as &[&str]).inc_by(s.events.malformed);

@@ -56,6 +56,7 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<&'static str>
             };
             same(n(old) == n(new), "notify")
         })
+        .or_else(|| same(old.config.dns.proxy_port.get_ref() == new.config.dns.proxy_port.get_ref(), "dns.proxy_port"))
         .or_else(|| {
             let i = |c: &LoadedConfig| {
                 c.config
@@ -83,16 +84,32 @@ impl Governor {
         let compiled = policy::compile_generation(&new.config, generation)?;
         let details = json!({ "sha256": new.sha256(), "previous_sha256": old.sha256(), "config": new.source_name.display().to_string(), "by": by });
         self.audit("policy_reload", None, details).map_err(|e| ReloadError::Unrecorded(e.to_string()))?;
+        let resolvers = crate::dns::resolvers(&compiled.dns);
         let changed = {
             let mut core = self.core();
-            let Core { maps, agents, books } = &mut *core;
-            agents
-                .apply(&compiled, &self.root, maps, books, true, unix_now())
-                .map_err(|e| ReloadError::Apply(Box::new(e)))?
+            let Core { maps, agents, books, names } = &mut *core;
+            let admitted = crate::dns::admit::readmit(names, &compiled, crate::dns::boot_secs());
+            let rules = crate::agents::Rules { policy: &compiled, admitted: &admitted };
+            let changed = agents
+                .apply(rules, &self.root, maps, books, true, unix_now())
+                .map_err(|e| ReloadError::Apply(Box::new(e)))?;
+            crate::dns::admit::retain_allowed(names, &compiled);
+            let d = &compiled.dns;
+            for held in names.reconfigure(d.max_names, d.max_addresses_per_name, d.lifetimes()) {
+                maps.remove_admitted(&crate::dns::admit::held_entries(&compiled, &held, 1));
+            }
+            if let Err(e) = maps.set_resolvers(&resolvers, self.dns.port) {
+                tracing::error!(error = %e, "the new DNS resolvers were not written; the previous ones stay in force");
+            } else {
+                *self.dns.resolvers.write().unwrap_or_else(std::sync::PoisonError::into_inner) = resolvers;
+            }
+            self.learn_endpoints(&compiled);
+            // Swapped under the core lock: the DNS proxy reads the policy under it too, so it
+            // never admits an answer with a generation the kernel no longer uses.
+            *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(compiled);
+            changed
         };
         let sha = new.sha256();
-        self.learn_endpoints(&compiled);
-        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(compiled);
         *self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
         self.save_now();
         tracing::info!(sha256 = %sha, by = %by.describe(), ?changed, "configuration reloaded");

@@ -38,6 +38,32 @@ pub struct Status {
     pub threshold_crossings: BTreeMap<String, u64>,
     /// Suspensions since the daemon started, by owner.
     pub suspensions: BTreeMap<String, u64>,
+    pub dns: DnsStatus,
+}
+
+/// The DNS proxy and the addresses it admitted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// Loopback port agents' DNS is redirected to.
+    pub proxy_port: u16,
+    /// The resolvers agents may use (all others are refused).
+    pub resolvers: Vec<String>,
+    /// Queries since the daemon started, by agent and result (admitted, not-allowed, servfail, dropped).
+    pub queries: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Addresses admitted since the daemon started (answers x addresses, refreshes included).
+    pub admitted_addresses: u64,
+    pub cache: DnsCacheStatus,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct DnsCacheStatus {
+    /// (agent, name) pairs held, and their bound (`dns.max_names`).
+    pub names: u64,
+    pub max_names: u64,
+    /// (agent, endpoint, address) entries in the kernel's allowlist.
+    pub addresses: u64,
+    /// Names and addresses evicted to stay within the bounds.
+    pub evictions: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

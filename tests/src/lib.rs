@@ -5,6 +5,8 @@
 //! `AgentsRoot` (the cgroups, and any process the test started in them), `Daemon` (the daemon
 //! process, its socket and config), `Server` (loopback listeners and their threads).
 
+pub mod dns;
+
 use std::{
     fs::OpenOptions,
     io::{Read as _, Write as _},

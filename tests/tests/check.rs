@@ -134,6 +134,7 @@ fn check_live_reads_the_kernel_and_fails_when_a_control_is_broken() {
         "an allowed connect is counted (probe)",
         "pause refuses a connect (probe)",
         "a tiny budget suspends its probe (probe)",
+        "DNS for an allowed name resolves end to end through the proxy (probe)",
         "the denial appears in a live query (probe)",
         "the metrics endpoint answers (probe)",
     ] {

@@ -14,14 +14,14 @@ fn udp_sendmsg_to_a_non_allowlisted_address_is_denied() {
         &format!(
             r#"
 [[endpoint]]
-name = "dns"
+name = "udp-api"
 addresses = ["127.0.0.1", "::1"]
 ports = [{allowed}]
 protocol = "udp"
 
 [[agent]]
 name = "a1"
-endpoints = ["dns"]
+endpoints = ["udp-api"]
 "#
         ),
     );
@@ -40,7 +40,7 @@ endpoints = ["dns"]
     let tcp = workload(Some(&agent), &["connect", &format!("127.0.0.1:{allowed}")]);
     assert!(tcp.eperm(), "{tcp:?}");
 
-    let c = daemon.counters("a1", "dns");
+    let c = daemon.counters("a1", "udp-api");
     assert_eq!(c.allowed, 2, "{c:?}");
     assert!(c.tx_packets >= 2 && c.tx_bytes >= 2 * (13 + 8 + 20), "two datagrams of 13 bytes: {c:?}");
     assert_eq!(daemon.counters("a1", "(unlisted)").denied, 4);

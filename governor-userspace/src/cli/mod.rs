@@ -67,6 +67,25 @@ pub enum Command {
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// Say whether an agent may connect to a destination now, and why (read from the kernel's maps).
+    #[command(
+        after_help = "Examples:\n  sudo governor explain --agent scanner 203.0.113.7:443\n  sudo governor explain --agent scanner --protocol udp '[2001:db8::53]:53'\n  sudo governor explain --agent scanner 203.0.113.7:443 --json\n\nExit status: 0 if allowed (or observe mode), 3 if a connect would be refused."
+    )]
+    Explain {
+        /// The agent, by name.
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+        /// Destination IP:PORT (IPv6 in brackets).
+        #[arg(value_name = "IP:PORT")]
+        destination: std::net::SocketAddr,
+        #[arg(long, value_enum, default_value = "tcp")]
+        protocol: ExplainProtocol,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+        socket: PathBuf,
+    },
     /// Show what each agent spent: window spend, total, limit, and optionally by endpoint.
     #[command(
         after_help = "Examples:\n  sudo governor spend\n  sudo governor spend --agent scanner --by endpoint\n  sudo governor spend --json"
@@ -210,6 +229,10 @@ pub enum Command {
     /// with EPERM (governor's answer), 1 anything else.
     #[command(hide = true)]
     ProbeConnect { addr: std::net::SocketAddr },
+    /// Used by `check --live`'s probe: ask RESOLVER for NAME's A records over UDP; exit 0 with
+    /// an answer (printed), 2 refused with EPERM, 1 anything else.
+    #[command(hide = true)]
+    ProbeResolve { name: String, resolver: std::net::IpAddr },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  governor completions bash > /etc/bash_completion.d/governor\n  governor completions zsh > \"${fpath[1]}/_governor\""
@@ -241,6 +264,53 @@ pub enum AuditCommand {
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExplainProtocol {
+    Tcp,
+    Udp,
+}
+
+/// `governor explain`: prints the daemon's explanation; exit status 3 when a connect would be refused.
+pub async fn explain(
+    agent: &str,
+    destination: std::net::SocketAddr,
+    protocol: ExplainProtocol,
+    json: bool,
+    socket: PathBuf,
+) -> anyhow::Result<bool> {
+    let protocol = match protocol {
+        ExplainProtocol::Tcp => "tcp",
+        ExplainProtocol::Udp => "udp",
+    };
+    let path = format!(
+        "/v1/explain?agent={}&destination={}&protocol={protocol}",
+        query_escape(agent),
+        query_escape(&destination.to_string())
+    );
+    let e: crate::explain::Explanation = crate::control::Client::new(&socket).get_json(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        let reason = e.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let endpoint = e.endpoint.as_deref().map(|ep| format!(", endpoint {ep}")).unwrap_or_default();
+        println!("{} -> {}/{}: {}{reason}{endpoint}", e.agent, e.destination, e.protocol, e.verdict);
+        for line in &e.because {
+            println!("  - {line}");
+        }
+    }
+    Ok(e.verdict != "denied")
+}
+
+/// Percent-encodes everything but unreserved characters, for a query string value.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -1,13 +1,14 @@
 //! The TOML configuration: schema, loading, and validation with file:line:column errors.
 
+pub mod hostname;
 mod schema;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    AgentConfig, BudgetConfig, CheckpointConfig, Config, DaemonConfig, EndpointConfig, HostConfig, LimitsConfig, Mode,
-    NotifyConfig, OnDaemonExit, OnExhausted, PriceConfig, Protocol, UnlistedAgents,
+    AgentConfig, BudgetConfig, CheckpointConfig, Config, DaemonConfig, DnsConfig, EndpointConfig, HostConfig,
+    LimitsConfig, Mode, NotifyConfig, OnDaemonExit, OnExhausted, PriceConfig, Protocol, UnlistedAgents,
 };
 pub use validate::Cidr;
 

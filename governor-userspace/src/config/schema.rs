@@ -20,6 +20,78 @@ pub struct Config {
     pub host: HostConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// Agents' DNS: which resolvers they may use, and how the addresses of allowed host names are
+/// admitted. Every agent's DNS goes through the daemon's proxy on loopback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Resolver IP addresses agents may query (port 53); default: the nameservers of
+    /// /etc/resolv.conf when the daemon starts or reloads. DNS anywhere else is refused.
+    #[serde(default)]
+    pub resolvers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The proxy's port on loopback (UDP and TCP); 0 picks a free one at start.
+    #[serde(default = "default_proxy_port")]
+    pub proxy_port: Spanned<i64>,
+    /// Shortest time an admitted address stays admitted, whatever the answer's TTL.
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl: Spanned<String>,
+    /// How long an address stays admitted after its TTL ran out or after its last use,
+    /// whichever is later (applications cache answers past their TTL).
+    #[serde(default = "default_grace")]
+    pub grace: Spanned<String>,
+    /// Addresses kept per (agent, name); the least recently seen goes first.
+    #[serde(default = "default_max_addresses")]
+    pub max_addresses_per_name: Spanned<i64>,
+    /// (agent, name) pairs kept in total; the least recently looked up goes first.
+    #[serde(default = "default_max_names")]
+    pub max_names: Spanned<i64>,
+    /// How often the daemon resolves the exact names in `hosts` itself.
+    #[serde(default = "default_refresh")]
+    pub refresh: Spanned<String>,
+    /// Time allowed for the resolver's answer before the agent gets SERVFAIL.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: Spanned<String>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            resolvers: None,
+            proxy_port: Spanned::new(0..0, 0),
+            min_ttl: default_min_ttl(),
+            grace: default_grace(),
+            max_addresses_per_name: default_max_addresses(),
+            max_names: default_max_names(),
+            refresh: default_refresh(),
+            upstream_timeout: default_upstream_timeout(),
+        }
+    }
+}
+
+fn default_proxy_port() -> Spanned<i64> {
+    Spanned::new(0..0, 0)
+}
+fn default_min_ttl() -> Spanned<String> {
+    Spanned::new(0..0, "60s".to_owned())
+}
+fn default_grace() -> Spanned<String> {
+    Spanned::new(0..0, "5m".to_owned())
+}
+fn default_max_addresses() -> Spanned<i64> {
+    Spanned::new(0..0, 32)
+}
+fn default_max_names() -> Spanned<i64> {
+    Spanned::new(0..0, 10_000)
+}
+fn default_refresh() -> Spanned<String> {
+    Spanned::new(0..0, "5m".to_owned())
+}
+fn default_upstream_timeout() -> Spanned<String> {
+    Spanned::new(0..0, "2s".to_owned())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,7 +326,12 @@ pub enum UnlistedAgents {
 pub struct EndpointConfig {
     pub name: Spanned<String>,
     /// IP addresses and CIDR prefixes, v4 or v6.
+    #[serde(default = "no_addresses")]
     pub addresses: Spanned<Vec<Spanned<String>>>,
+    /// Host names (`api.example.com`) and wildcards (`*.example.com`: any name below it):
+    /// the addresses DNS answers give the agent for them are admitted (see `[dns]`).
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
     /// Destination ports; empty means any port.
     #[serde(default)]
     pub ports: Vec<Spanned<i64>>,
@@ -262,6 +339,10 @@ pub struct EndpointConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub price: PriceConfig,
+}
+
+fn no_addresses() -> Spanned<Vec<Spanned<String>>> {
+    Spanned::new(0..0, Vec::new())
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -268,3 +268,65 @@ fn limits_load_and_bad_limits_are_refused() {
         assert!(e.contains(needle), "expected {needle:?} in {e}");
     }
 }
+
+const HOSTS: &str = r#"
+[[endpoint]]
+name = "llm"
+hosts = ["api.openai.com", "*.anthropic.com"]
+ports = [443]
+
+[[agent]]
+name = "a1"
+endpoints = ["llm"]
+
+[dns]
+resolvers = ["127.0.0.53", "2001:db8::53"]
+min_ttl = "30s"
+grace = "10m"
+"#;
+
+#[test]
+fn host_names_and_dns_settings_load() {
+    let c = load(HOSTS).unwrap().config;
+    assert_eq!(c.endpoints[0].hosts.len(), 2);
+    assert!(c.endpoints[0].addresses.get_ref().is_empty());
+    assert_eq!(c.dns.resolvers.as_ref().unwrap().get_ref().len(), 2);
+    assert_eq!(c.dns.grace.get_ref(), "10m");
+    // Defaults: resolvers from /etc/resolv.conf, a free proxy port.
+    let d = load(GOOD).unwrap().config.dns;
+    assert!(d.resolvers.is_none());
+    assert_eq!(*d.proxy_port.get_ref(), 0);
+}
+
+#[test]
+fn bad_host_names_and_dns_settings_are_refused_by_key() {
+    for (bad, key, says) in [
+        (HOSTS.replace("*.anthropic.com", "*anthropic.com"), "endpoint[0].hosts", "whole first label"),
+        (HOSTS.replace("*.anthropic.com", "ex*.com"), "endpoint[0].hosts", "whole first label"),
+        (HOSTS.replace("*.anthropic.com", "*"), "endpoint[0].hosts", "every name"),
+        (HOSTS.replace("api.openai.com", "api..openai.com"), "endpoint[0].hosts", "empty label"),
+        (HOSTS.replace("api.openai.com", "203.0.113.7"), "endpoint[0].hosts", "addresses"),
+        (HOSTS.replace("\"127.0.0.53\"", "\"resolver.local\""), "dns.resolvers", "not an IP address"),
+        (
+            HOSTS.replace("resolvers = [\"127.0.0.53\", \"2001:db8::53\"]", "resolvers = []"),
+            "dns.resolvers",
+            "at least one",
+        ),
+        (HOSTS.replace("grace = \"10m\"", "grace = \"soon\""), "dns.grace", "duration"),
+        (format!("{HOSTS}proxy_port = 70000\n"), "dns.proxy_port", "65535"),
+        (format!("{HOSTS}max_names = 0\n"), "dns.max_names", "from 1"),
+        (
+            HOSTS.replace("name = \"llm\"", "name = \"dns\"").replace("[\"llm\"]", "[\"dns\"]"),
+            "endpoint[0].name",
+            "reserved",
+        ),
+        (
+            HOSTS.replace("hosts = [\"api.openai.com\", \"*.anthropic.com\"]", ""),
+            "endpoint[0].addresses",
+            "or a host name in hosts",
+        ),
+    ] {
+        let e = error(&bad);
+        assert!(e.contains(key) && e.contains(says), "expected {key}: {says}, got: {e}");
+    }
+}

@@ -7,7 +7,10 @@ use std::{
     str::FromStr,
 };
 
-use super::schema::{BudgetConfig, Config, PriceConfig};
+use super::{
+    hostname::HostPattern,
+    schema::{BudgetConfig, Config, PriceConfig},
+};
 use crate::accounting::{
     money::{MAX_CONNECTION_PRICE, MAX_LIMIT, MAX_MIB_PRICE, Money},
     window::{Window, parse_duration},
@@ -111,12 +114,22 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
                 format!("duplicate endpoint name {:?} (first defined as endpoint[{first}])", ep.name.get_ref()),
             ));
         }
-        if ep.addresses.get_ref().is_empty() {
+        if ep.name.get_ref() == "dns" {
             return Err(problem(
-                ep.addresses.span(),
-                key("addresses"),
-                "must list at least one address or CIDR prefix",
+                ep.name.span(),
+                key("name"),
+                "\"dns\" is reserved: DNS to the configured resolvers is counted under it",
             ));
+        }
+        if ep.addresses.get_ref().is_empty() && ep.hosts.is_empty() {
+            return Err(problem(
+                ep.name.span(),
+                key("addresses"),
+                "must list at least one address or CIDR prefix in addresses, or a host name in hosts",
+            ));
+        }
+        for h in &ep.hosts {
+            h.get_ref().parse::<HostPattern>().map_err(|m| problem(h.span(), key("hosts"), m))?;
         }
         for a in ep.addresses.get_ref() {
             a.get_ref().parse::<Cidr>().map_err(|m| problem(a.span(), key("addresses"), m))?;
@@ -366,6 +379,7 @@ fn validate_daemon(config: &Config) -> Result<(), Problem> {
             format!("{:?} must be an absolute path", d.socket.get_ref()),
         ));
     }
+    validate_dns(&config.dns)?;
     d.metrics.get_ref().parse::<SocketAddr>().map_err(|_| {
         problem(
             d.metrics.span(),
@@ -373,5 +387,57 @@ fn validate_daemon(config: &Config) -> Result<(), Problem> {
             format!("{:?} is not an address:port such as \"127.0.0.1:9477\"", d.metrics.get_ref()),
         )
     })?;
+    Ok(())
+}
+
+fn validate_dns(dns: &super::DnsConfig) -> Result<(), Problem> {
+    if let Some(r) = &dns.resolvers {
+        if r.get_ref().is_empty() {
+            return Err(problem(
+                r.span(),
+                "dns.resolvers",
+                "must list at least one resolver address (omit it to use /etc/resolv.conf)",
+            ));
+        }
+        if r.get_ref().len() > governor_common::MAX_RESOLVERS as usize {
+            return Err(problem(
+                r.span(),
+                "dns.resolvers",
+                format!("at most {} resolvers", governor_common::MAX_RESOLVERS),
+            ));
+        }
+        for a in r.get_ref() {
+            a.get_ref().parse::<IpAddr>().map_err(|_| {
+                problem(
+                    a.span(),
+                    "dns.resolvers",
+                    format!("{:?} is not an IP address (resolvers are queried on port 53)", a.get_ref()),
+                )
+            })?;
+        }
+    }
+    if !(0..=65535).contains(dns.proxy_port.get_ref()) {
+        return Err(problem(
+            dns.proxy_port.span(),
+            "dns.proxy_port",
+            "must be from 1 to 65535, or 0 for any free port",
+        ));
+    }
+    for (d, key) in [
+        (&dns.min_ttl, "dns.min_ttl"),
+        (&dns.grace, "dns.grace"),
+        (&dns.refresh, "dns.refresh"),
+        (&dns.upstream_timeout, "dns.upstream_timeout"),
+    ] {
+        parse_duration(d.get_ref()).map_err(|m| problem(d.span(), key, m))?;
+    }
+    for (v, key, max) in [
+        (&dns.max_addresses_per_name, "dns.max_addresses_per_name", 1024),
+        (&dns.max_names, "dns.max_names", 1_000_000),
+    ] {
+        if !(1..=max).contains(v.get_ref()) {
+            return Err(problem(v.span(), key, format!("{} must be from 1 to {max}", v.get_ref())));
+        }
+    }
     Ok(())
 }

@@ -79,6 +79,7 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/audit/head", get(audit_head))
+        .route("/v1/explain", get(explain))
         .route("/v1/reload", post(reload))
         .route("/v1/agents/{name}/{action}", post(control_one))
         .route("/v1/{action}", post(control_all))
@@ -157,6 +158,45 @@ async fn status(State(g): State<Arc<Governor>>, ConnectInfo(peer): ConnectInfo<P
         Ok(Ok(s)) => Json(s).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("status task failed: {e}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ExplainQuery {
+    agent: String,
+    destination: String,
+    #[serde(default = "tcp")]
+    protocol: String,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+async fn explain(
+    State(g): State<Arc<Governor>>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    query: Result<axum::extract::Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = authorize(&g, &peer, Role::Read, "explain", None) {
+        return *r;
+    }
+    let Ok(axum::extract::Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "expected ?agent=NAME&destination=IP:PORT[&protocol=tcp|udp]");
+    };
+    let Ok(dest) = q.destination.parse::<std::net::SocketAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("{:?} is not IP:PORT (e.g. 203.0.113.7:443 or [2001:db8::1]:443)", q.destination),
+        );
+    };
+    match tokio::task::spawn_blocking(move || g.explain(&q.agent, dest, &q.protocol)).await {
+        Ok(Ok(e)) => Json(e).into_response(),
+        Ok(Err(e @ crate::explain::ExplainError::Kernel(_))) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("explain task failed: {e}")),
     }
 }
 

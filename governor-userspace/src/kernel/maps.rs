@@ -1,19 +1,22 @@
 //! Typed handles on the maps: write policy and budgets in, read counters and spend out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, HostEgress, REASONS, Rule, Spend, StatsKey,
-    TrafficCounters, maps as names,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, HostEgress, MAX_RESOLVERS, REASONS, Resolver,
+    ResolverSlot, Rule, Spend, StatsKey, TrafficCounters, maps as names,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{KernelError, events::reason_name};
-use crate::policy::CompiledAgent;
+use crate::policy::{Admitted, CompiledAgent, Entry};
 
 /// Everything the kernel counted for one (agent, endpoint), summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +62,17 @@ pub struct KernelMaps {
     spend: Array<MapData, Spend>,
     events_lost: PerCpuArray<MapData, u64>,
     host_egress: PerCpuHashMap<MapData, u64, HostEgress>,
+    resolvers: HashMap<MapData, [u8; 16], Resolver>,
+    resolver_slots: Array<MapData, ResolverSlot>,
+}
+
+/// An allowlist entry admitted from a DNS answer, as found in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DynamicRule {
+    pub rule_id: u32,
+    pub endpoint_id: u32,
+    pub addr: IpAddr,
+    pub last_use_s: u32,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError> {
@@ -82,12 +96,117 @@ impl KernelMaps {
             spend: take(ebpf, names::SPEND)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
             host_egress: take(ebpf, names::HOST_EGRESS)?,
+            resolvers: take(ebpf, names::RESOLVERS)?,
+            resolver_slots: take(ebpf, names::RESOLVER_SLOTS)?,
         })
     }
 
-    /// Inserts every rule of `agents` (a new policy generation, beside the running one). On
-    /// failure the rules it inserted are removed again and the running policy is untouched.
-    pub fn insert_rules(&mut self, agents: &[CompiledAgent]) -> Result<(), KernelError> {
+    /// Makes `resolvers` (index = position) the only DNS servers agents may use, through the
+    /// proxy on `proxy_port`. Slots are written before the lookup entries that point at them.
+    pub fn set_resolvers(&mut self, resolvers: &[IpAddr], proxy_port: u16) -> Result<(), KernelError> {
+        let keys: Vec<[u8; 16]> = resolvers.iter().map(|a| mapped(*a)).collect();
+        for i in 0..MAX_RESOLVERS {
+            let slot = keys.get(i as usize).map_or(ResolverSlot::default(), |k| ResolverSlot {
+                addr: *k,
+                proxy_port: u32::from(proxy_port),
+                _pad: 0,
+            });
+            self.resolver_slots.set(i, slot, 0).map_err(map_err(names::RESOLVER_SLOTS, "write"))?;
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let r = Resolver { index: i as u32, proxy_port: u32::from(proxy_port) };
+            self.resolvers.insert(k, r, 0).map_err(map_err(names::RESOLVERS, "insert"))?;
+        }
+        let stale: Vec<[u8; 16]> = self.resolvers.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
+        for k in stale {
+            let _ = self.resolvers.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Writes entries admitted from a DNS answer (new or refreshed). On failure the ones this
+    /// call added are removed again, and the caller answers SERVFAIL.
+    pub fn insert_admitted(&mut self, a: &Admitted) -> Result<(), KernelError> {
+        let mut done = Admitted::default();
+        let result = (|| {
+            for e in &a.v4 {
+                self.allow_v4
+                    .insert(&Key::new(e.prefix_len, e.key), e.rule, 0)
+                    .map_err(map_err(names::ALLOW_V4, "insert"))?;
+                done.v4.push(*e);
+            }
+            for e in &a.v6 {
+                self.allow_v6
+                    .insert(&Key::new(e.prefix_len, e.key), e.rule, 0)
+                    .map_err(map_err(names::ALLOW_V6, "insert"))?;
+                done.v6.push(*e);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            self.remove_admitted(&done);
+        }
+        result
+    }
+
+    /// Removes admitted entries; ones already gone are fine.
+    pub fn remove_admitted(&mut self, a: &Admitted) {
+        for e in &a.v4 {
+            let _ = self.allow_v4.remove(&Key::new(e.prefix_len, e.key));
+        }
+        for e in &a.v6 {
+            let _ = self.allow_v6.remove(&Key::new(e.prefix_len, e.key));
+        }
+    }
+
+    /// When the kernel last let a connect through an admitted entry (0: never since admission).
+    pub fn last_use(&self, e: &Admitted) -> u32 {
+        let v4 = e.v4.iter().filter_map(|e| self.allow_v4.get(&Key::new(e.prefix_len, e.key), 0).ok());
+        let v6 = e.v6.iter().filter_map(|e| self.allow_v6.get(&Key::new(e.prefix_len, e.key), 0).ok());
+        v4.chain(v6).map(|r| r.last_use_s).max().unwrap_or(0)
+    }
+
+    /// The longest-prefix rule for a destination, as a connect would find it: exact port, then
+    /// any port.
+    pub fn lookup(&self, rule_id: u32, protocol: u8, port: u16, addr: IpAddr) -> Option<Rule> {
+        let fixed = governor_common::ALLOW_KEY_FIXED_BITS;
+        [port, 0].into_iter().find_map(|p| match addr {
+            IpAddr::V4(a) => {
+                self.allow_v4.get(&Key::new(fixed + 32, AllowKeyV4::new(rule_id, protocol, p, a.octets())), 0).ok()
+            }
+            IpAddr::V6(a) => {
+                self.allow_v6.get(&Key::new(fixed + 128, AllowKeyV6::new(rule_id, protocol, p, a.octets())), 0).ok()
+            }
+        })
+    }
+
+    /// Every entry admitted from DNS (a previous daemon's, when adopting pinned maps).
+    pub fn dynamic_rules(&self) -> Vec<DynamicRule> {
+        let v4 = self.allow_v4.iter().filter_map(Result::ok).filter(|(_, r)| r.last_use_s != 0).map(|(k, r)| {
+            let d = k.data();
+            DynamicRule {
+                rule_id: u32::from_be_bytes(d.agent_id),
+                endpoint_id: r.endpoint_id,
+                addr: IpAddr::from(d.addr),
+                last_use_s: r.last_use_s,
+            }
+        });
+        let v6 = self.allow_v6.iter().filter_map(Result::ok).filter(|(_, r)| r.last_use_s != 0).map(|(k, r)| {
+            let d = k.data();
+            DynamicRule {
+                rule_id: u32::from_be_bytes(d.agent_id),
+                endpoint_id: r.endpoint_id,
+                addr: IpAddr::from(d.addr),
+                last_use_s: r.last_use_s,
+            }
+        });
+        v4.chain(v6).collect()
+    }
+
+    /// Inserts every rule of `agents` and the addresses DNS admitted for them (a new policy
+    /// generation, beside the running one). On failure the rules it inserted are removed again
+    /// and the running policy is untouched.
+    pub fn insert_rules(&mut self, agents: &[CompiledAgent], admitted: &Admitted) -> Result<(), KernelError> {
         let mut done_v4 = Vec::new();
         let mut done_v6 = Vec::new();
         let result = (|| {
@@ -105,6 +224,18 @@ impl KernelMaps {
                     done_v6.push(Key::new(r.prefix_len, r.key));
                 }
             }
+            for r in &admitted.v4 {
+                self.allow_v4
+                    .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
+                    .map_err(map_err(names::ALLOW_V4, "insert"))?;
+                done_v4.push(Key::new(r.prefix_len, r.key));
+            }
+            for r in &admitted.v6 {
+                self.allow_v6
+                    .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
+                    .map_err(map_err(names::ALLOW_V6, "insert"))?;
+                done_v6.push(Key::new(r.prefix_len, r.key));
+            }
             Ok(())
         })();
         if result.is_err() {
@@ -118,13 +249,17 @@ impl KernelMaps {
         result
     }
 
-    /// Removes every allowlist entry that is not one of `agents`' rules: the previous
-    /// generation, once every agent has been switched to the new one.
-    pub fn remove_rules_except(&mut self, agents: &[CompiledAgent]) -> Result<(), KernelError> {
-        let want_v4: HashSet<_> =
-            agents.iter().flat_map(|a| &a.rules_v4).map(|r| (r.prefix_len, bytes(&r.key))).collect();
-        let want_v6: HashSet<_> =
-            agents.iter().flat_map(|a| &a.rules_v6).map(|r| (r.prefix_len, bytes(&r.key))).collect();
+    /// Removes every allowlist entry that is not one of `agents`' rules or `admitted`: the
+    /// previous generation, once every agent has been switched to the new one.
+    pub fn remove_rules_except(&mut self, agents: &[CompiledAgent], admitted: &Admitted) -> Result<(), KernelError> {
+        let key = |r: &Entry<AllowKeyV4>| (r.prefix_len, bytes(&r.key));
+        let want_v4: HashSet<_> = agents.iter().flat_map(|a| &a.rules_v4).chain(&admitted.v4).map(key).collect();
+        let want_v6: HashSet<_> = agents
+            .iter()
+            .flat_map(|a| &a.rules_v6)
+            .chain(&admitted.v6)
+            .map(|r| (r.prefix_len, bytes(&r.key)))
+            .collect();
         let stale_v4: Vec<_> = self
             .allow_v4
             .keys()
@@ -248,6 +383,14 @@ impl KernelMaps {
     pub fn events_lost(&self) -> Result<u64, KernelError> {
         let per_cpu = self.events_lost.get(&0, 0).map_err(map_err(names::EVENTS_LOST, "read"))?;
         Ok(per_cpu.iter().sum())
+    }
+}
+
+/// An address as a 16-byte key: IPv6, or IPv4-mapped.
+pub fn mapped(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
     }
 }
 

@@ -21,7 +21,7 @@ use aya::{
 use governor_common::{GLOBAL_AGENT_LEVEL, maps as map_names, programs};
 
 pub use events::{DecodeError, Denial, decode_event, reason_name};
-pub use maps::{AgentCounters, KernelMaps};
+pub use maps::{AgentCounters, DynamicRule, KernelMaps};
 pub use pins::PinDir;
 
 /// The object `cargo xtask build-ebpf` built, embedded at compile time (empty if it was absent).
@@ -89,7 +89,16 @@ pub struct Kernel {
     pub adopted: bool,
 }
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [programs::CONNECT4, programs::CONNECT6, programs::SENDMSG4, programs::SENDMSG6];
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::RECVMSG4,
+    programs::RECVMSG6,
+    programs::GETPEERNAME4,
+    programs::GETPEERNAME6,
+];
 const SOCK_PROGRAMS: [&str; 2] = [programs::SOCK_CREATE, programs::SOCK_RELEASE];
 const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
     [(programs::SKB_EGRESS, CgroupSkbAttachType::Egress), (programs::SKB_INGRESS, CgroupSkbAttachType::Ingress)];

@@ -3,7 +3,7 @@
 
 mod ids;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use governor_common::{
     ALLOW_KEY_FIXED_BITS, AllowKeyV4, AllowKeyV6, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, MODE_OBSERVE, Prices, Rule,
@@ -18,7 +18,7 @@ use crate::{
         money::Money,
         window::{Window, parse_duration},
     },
-    config::{BudgetConfig, Cidr, Config, Mode, PriceConfig, Protocol},
+    config::{BudgetConfig, Cidr, Config, Mode, PriceConfig, Protocol, hostname::HostPattern},
 };
 
 /// One allowlist entry: an LPM key (`prefix_len` counts the fixed fields too) and the rule
@@ -52,6 +52,106 @@ pub struct CompiledAgent {
     pub limits: Limits,
     pub rules_v4: Vec<Entry<AllowKeyV4>>,
     pub rules_v6: Vec<Entry<AllowKeyV6>>,
+    /// Host name patterns: their addresses are admitted from DNS answers at run time.
+    pub hosts: Vec<HostRule>,
+}
+
+/// A host name pattern an agent may reach, and the rules an address admitted for it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    pub pattern: HostPattern,
+    pub endpoint: String,
+    pub rule: Rule,
+    pub protocols: Vec<u8>,
+    /// 0 means any port.
+    pub ports: Vec<u16>,
+}
+
+impl CompiledAgent {
+    /// The most specific of the agent's host patterns that `name` matches.
+    pub fn host_rule(&self, name: &str) -> Option<&HostRule> {
+        self.hosts.iter().filter(|h| h.pattern.matches(name)).max_by_key(|h| h.pattern.specificity())
+    }
+
+    /// The allowlist entries admitting `addr` for host rule `h` in this generation, stamped as
+    /// used at `now_boot_s` (CLOCK_BOOTTIME seconds, never 0: 0 marks configured rules).
+    pub fn admission(&self, h: &HostRule, addr: IpAddr, now_boot_s: u32) -> Admitted {
+        let rule = Rule { last_use_s: now_boot_s.max(1), ..h.rule };
+        let mut out = Admitted::default();
+        for &protocol in &h.protocols {
+            for &port in &h.ports {
+                match addr {
+                    IpAddr::V4(a) => out.v4.push(Entry {
+                        prefix_len: ALLOW_KEY_FIXED_BITS + 32,
+                        key: AllowKeyV4::new(self.rule_id, protocol, port, a.octets()),
+                        rule,
+                    }),
+                    IpAddr::V6(a) => out.v6.push(Entry {
+                        prefix_len: ALLOW_KEY_FIXED_BITS + 128,
+                        key: AllowKeyV6::new(self.rule_id, protocol, port, a.octets()),
+                        rule,
+                    }),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Allowlist entries admitted from DNS answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admitted {
+    pub v4: Vec<Entry<AllowKeyV4>>,
+    pub v6: Vec<Entry<AllowKeyV6>>,
+}
+
+impl Admitted {
+    pub fn extend(&mut self, o: Admitted) {
+        self.v4.extend(o.v4);
+        self.v6.extend(o.v6);
+    }
+}
+
+/// `[dns]` as the proxy and the name cache use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPolicy {
+    /// None: the nameservers of /etc/resolv.conf, read by the daemon.
+    pub resolvers: Option<Vec<IpAddr>>,
+    pub proxy_port: u16,
+    pub min_ttl: Duration,
+    pub grace: Duration,
+    pub max_addresses_per_name: usize,
+    pub max_names: usize,
+    pub refresh: Duration,
+    pub upstream_timeout: Duration,
+}
+
+impl DnsPolicy {
+    /// An empty name cache with this policy's bounds.
+    pub fn new_cache(&self) -> crate::dns::cache::NameCache {
+        crate::dns::cache::NameCache::new(self.max_names, self.max_addresses_per_name, self.lifetimes())
+    }
+
+    pub fn lifetimes(&self) -> crate::dns::cache::Lifetimes {
+        crate::dns::cache::Lifetimes { min_ttl: self.min_ttl, grace: self.grace }
+    }
+
+    fn from_config(c: &crate::config::DnsConfig) -> Self {
+        let d = |s: &toml::Spanned<String>| parse_duration(s.get_ref()).expect("validated duration");
+        Self {
+            resolvers: c
+                .resolvers
+                .as_ref()
+                .map(|r| r.get_ref().iter().map(|a| a.get_ref().parse().expect("validated address")).collect()),
+            proxy_port: *c.proxy_port.get_ref() as u16,
+            min_ttl: d(&c.min_ttl),
+            grace: d(&c.grace),
+            max_addresses_per_name: *c.max_addresses_per_name.get_ref() as usize,
+            max_names: *c.max_names.get_ref() as usize,
+            refresh: d(&c.refresh),
+            upstream_timeout: d(&c.upstream_timeout),
+        }
+    }
 }
 
 /// Rate and concurrency limits as the kernel enforces them.
@@ -86,6 +186,7 @@ pub struct Policy {
     pub host_interfaces: Option<Vec<String>>,
     /// Pico-units per byte leaving the host (rounded up from the per-GiB price).
     pub host_egress_byte_price: u64,
+    pub dns: DnsPolicy,
 }
 
 /// An endpoint's configured prices in pico-units; the config is validated, so amounts parse.
@@ -137,6 +238,11 @@ pub enum PolicyError {
         /// 0 means any port.
         port: u16,
     },
+    #[error(
+        "agent {agent:?}: endpoints {a:?} and {b:?} both list host {pattern}; its addresses could \
+         not be charged to one of them: remove one"
+    )]
+    HostOverlap { agent: String, a: String, b: String, pattern: String },
 }
 
 pub fn mode_code(mode: Mode) -> u32 {
@@ -182,7 +288,9 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
         .iter()
         .zip(&endpoints)
         .enumerate()
-        .map(|(i, (e, c))| (e.name.get_ref().as_str(), (i, Rule { endpoint_id: c.id, _pad: 0, prices: c.prices })))
+        .map(|(i, (e, c))| {
+            (e.name.get_ref().as_str(), (i, Rule { endpoint_id: c.id, last_use_s: 0, prices: c.prices }))
+        })
         .collect();
 
     let mut agent_ids = ids::IdSpace::new("agent");
@@ -218,6 +326,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
             }),
             rules_v4: Vec::new(),
             rules_v6: Vec::new(),
+            hosts: Vec::new(),
         };
         // (protocol, port, prefix) -> endpoint name, to refuse ambiguous overlaps.
         let mut seen: HashMap<(u8, u16, Cidr), &str> = HashMap::new();
@@ -229,6 +338,27 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
             } else {
                 ep.ports.iter().map(|p| u16::try_from(*p.get_ref()).expect("validated port")).collect()
             };
+            for host in &ep.hosts {
+                let pattern: HostPattern = host.get_ref().parse().expect("validated host");
+                if let Some(other) = compiled.hosts.iter().find(|h| h.pattern == pattern) {
+                    if other.endpoint == *ep.name.get_ref() {
+                        continue;
+                    }
+                    return Err(PolicyError::HostOverlap {
+                        agent: compiled.name.clone(),
+                        a: other.endpoint.clone(),
+                        b: ep.name.get_ref().clone(),
+                        pattern: pattern.to_string(),
+                    });
+                }
+                compiled.hosts.push(HostRule {
+                    pattern,
+                    endpoint: ep.name.get_ref().clone(),
+                    rule,
+                    protocols: protocols(ep.protocol).to_vec(),
+                    ports: ports.clone(),
+                });
+            }
             for address in ep.addresses.get_ref() {
                 let cidr: Cidr = address.get_ref().parse().expect("validated address");
                 for &protocol in protocols(ep.protocol) {
@@ -269,6 +399,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
             .egress_price_per_gib
             .as_ref()
             .map_or(0, |p| Money::parse(p.get_ref()).expect("validated price").0.div_ceil(1 << 30)),
+        dns: DnsPolicy::from_config(&config.dns),
     })
 }
 

@@ -18,13 +18,13 @@ ports = [443, 8443]
 protocol = "tcp"
 
 [[endpoint]]
-name = "dns"
+name = "intranet"
 addresses = ["10.0.0.0/8"]
 protocol = "any"
 
 [[agent]]
 name = "scanner"
-endpoints = ["api", "dns"]
+endpoints = ["api", "intranet"]
 
 [[agent]]
 name = "idle"
@@ -36,7 +36,7 @@ fn rules_expand_ports_protocols_and_families() {
     let p = compile_text(TWO_ENDPOINTS).unwrap();
     let scanner = &p.agents[0];
     let api = name_id("api");
-    let dns = name_id("dns");
+    let dns = name_id("intranet");
 
     // api: 1 v4 address x 2 ports (tcp); dns: 1 prefix x any port x (tcp, udp).
     let mut v4: Vec<_> = scanner
@@ -80,7 +80,7 @@ fn an_empty_allowlist_compiles_to_no_rules() {
 fn ids_come_from_names() {
     let p = compile_text(TWO_ENDPOINTS).unwrap();
     assert_eq!(p.agents[0].id, name_id("scanner"));
-    assert_eq!(p.endpoints.iter().map(|e| e.id).collect::<Vec<_>>(), vec![name_id("api"), name_id("dns")]);
+    assert_eq!(p.endpoints.iter().map(|e| e.id).collect::<Vec<_>>(), vec![name_id("api"), name_id("intranet")]);
 }
 
 #[test]
@@ -121,4 +121,59 @@ endpoints = ["wide"]
     let p = compile_text(text).unwrap();
     assert_eq!(p.agents[0].rules_v4.len(), 4);
     assert_eq!(p.agents[1].rules_v4.len(), 2);
+}
+
+const HOST_POLICY: &str = r#"
+[[endpoint]]
+name = "wide"
+hosts = ["*.example.com"]
+ports = [443]
+protocol = "tcp"
+
+[[endpoint]]
+name = "narrow"
+hosts = ["api.example.com", "*.eu.example.com"]
+addresses = ["192.0.2.1"]
+ports = [443]
+protocol = "tcp"
+
+[[agent]]
+name = "a1"
+endpoints = ["wide", "narrow"]
+"#;
+
+#[test]
+fn the_most_specific_host_pattern_wins() {
+    let p = compile_text(HOST_POLICY).unwrap();
+    let a = &p.agents[0];
+    let ep = |name: &str| a.host_rule(name).map(|h| h.endpoint.as_str());
+    assert_eq!(ep("api.example.com"), Some("narrow"));
+    assert_eq!(ep("x.eu.example.com"), Some("narrow"));
+    assert_eq!(ep("other.example.com"), Some("wide"));
+    assert_eq!(ep("example.com"), None);
+    assert_eq!(ep("example.org"), None);
+}
+
+#[test]
+fn admitted_addresses_become_exact_entries_stamped_as_used() {
+    let p = compile_text(HOST_POLICY).unwrap();
+    let a = &p.agents[0];
+    let h = a.host_rule("other.example.com").unwrap();
+    let e = a.admission(h, "198.51.100.7".parse().unwrap(), 1234);
+    assert_eq!(e.v4.len(), 1);
+    assert!(e.v6.is_empty());
+    let entry = e.v4[0];
+    assert_eq!(entry.prefix_len, ALLOW_KEY_FIXED_BITS + 32);
+    assert_eq!(entry.key, AllowKeyV4::new(a.rule_id, IPPROTO_TCP, 443, [198, 51, 100, 7]));
+    assert_eq!((entry.rule.endpoint_id, entry.rule.last_use_s), (name_id("wide"), 1234));
+    // 0 marks configured rules, so an admission is never stamped 0.
+    assert_eq!(a.admission(h, "198.51.100.7".parse().unwrap(), 0).v4[0].rule.last_use_s, 1);
+}
+
+#[test]
+fn one_host_pattern_in_two_endpoints_of_an_agent_is_refused() {
+    let text = HOST_POLICY.replace("\"api.example.com\"", "\"*.example.com\"");
+    let e = compile_text(&text).unwrap_err();
+    assert!(matches!(e, PolicyError::HostOverlap { .. }), "{e}");
+    assert!(e.to_string().contains("*.example.com"), "{e}");
 }

@@ -8,7 +8,7 @@ use crate::{config::LoadedConfig, config::Mode, control::Client, status::Status}
 
 /// Attach types (the kernel's `enum bpf_attach_type`) of each program governor puts on the
 /// agents root.
-const HOOKS: [(&str, u32); 8] = [
+const HOOKS: [(&str, u32); 12] = [
     ("governor_skb_ingress", 0),
     ("governor_skb_egress", 1),
     ("governor_sock_create", 2),
@@ -16,6 +16,10 @@ const HOOKS: [(&str, u32); 8] = [
     ("governor_connect6", 11),
     ("governor_sendmsg4", 14),
     ("governor_sendmsg6", 15),
+    ("governor_recvmsg4", 19),
+    ("governor_recvmsg6", 20),
+    ("governor_getpeername4", 29),
+    ("governor_getpeername6", 30),
     ("governor_sock_release", 34),
 ];
 

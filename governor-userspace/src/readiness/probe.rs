@@ -5,7 +5,7 @@
 //! it makes (cgroups, pins, files, processes) is removed before it returns.
 
 use std::{
-    net::TcpListener,
+    net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -83,6 +83,88 @@ fn listener(stop: Arc<AtomicBool>) -> std::io::Result<u16> {
     Ok(port)
 }
 
+/// The name the probe's own resolver answers (`.invalid` never exists in real DNS).
+const PROBE_NAME: &str = "probe.governor-check.invalid";
+
+/// A one-name resolver on `ip`:53: `PROBE_NAME` A 127.0.0.1, anything else an empty answer.
+fn resolver(ip: Ipv4Addr, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    use hickory_proto::{
+        op::{Message, OpCode},
+        rr::{Name, RData, Record, RecordType, rdata::A},
+    };
+    let sock = UdpSocket::bind((ip, 53))?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.metadata.recursion_available = true;
+            for question in q.queries {
+                let name = question.name().to_ascii();
+                if question.query_type() == RecordType::A
+                    && name.trim_end_matches('.') == PROBE_NAME
+                    && let Ok(owner) = Name::from_ascii(&name)
+                {
+                    r.answers.push(Record::from_rdata(owner, 5, RData::A(A(Ipv4Addr::LOCALHOST))));
+                }
+                r.add_query(question);
+            }
+            if let Ok(bytes) = r.to_vec() {
+                let _ = sock.send_to(&bytes, peer);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `governor probe-resolve NAME RESOLVER`: asks RESOLVER:53 for NAME's A records over a
+/// connected UDP socket, as a stub resolver does, and prints the addresses. Exit 0 with at
+/// least one address, 2 refused with EPERM, 1 anything else.
+pub fn resolve_command(name: &str, resolver: IpAddr) -> i32 {
+    let run = || -> std::io::Result<Vec<IpAddr>> {
+        let sock = UdpSocket::bind(if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+        sock.connect((resolver, governor_common::DNS_PORT))?;
+        let query = crate::dns::message::query_for(name, hickory_proto::rr::RecordType::A);
+        sock.send(&query)?;
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf)?;
+        let q = crate::dns::message::question(&query).map_err(std::io::Error::other)?;
+        let a = crate::dns::message::answer(&buf[..n], &q).map_err(std::io::Error::other)?;
+        Ok(a.addresses(&q.name).into_iter().map(|(ip, _)| ip).collect())
+    };
+    match run() {
+        Ok(addrs) if !addrs.is_empty() => {
+            for a in addrs {
+                println!("{a}");
+            }
+            0
+        }
+        Ok(_) => {
+            eprintln!("governor probe-resolve {name}: no addresses");
+            1
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => 2,
+        Err(e) => {
+            eprintln!("governor probe-resolve {name}: {e}");
+            1
+        }
+    }
+}
+
+/// Runs `binary probe-resolve` inside `cgroup`; true if it printed `expect`.
+fn resolve(binary: &Path, cgroup: &Path, resolver: Ipv4Addr, expect: &str) -> (i32, bool) {
+    let mut cmd = Command::new(binary);
+    cmd.args(["probe-resolve", PROBE_NAME, &resolver.to_string()]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let Ok(_procs) = crate::cgroup::enter_before_exec(cgroup, &mut cmd) else { return (-1, false) };
+    match cmd.output() {
+        Ok(out) => (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).lines().any(|l| l == expect)),
+        Err(_) => (-1, false),
+    }
+}
+
 /// What an earlier probe left when its `check` was killed (SIGKILL skips the clean-up; its
 /// daemon stopped with it through PR_SET_PDEATHSIG): only names whose pid is gone.
 fn remove_stale(mount: &Path) {
@@ -131,7 +213,12 @@ fn run_probe() -> anyhow::Result<Vec<Item>> {
     };
     std::fs::create_dir_all(&probe.dir)?;
     let allowed = listener(stop.clone())?;
-    let forbidden = listener(stop)?;
+    let forbidden = listener(stop.clone())?;
+    let named = listener(stop.clone())?;
+    // A resolver address of this probe's own (outside 127.64.0.0/10, where the proxy lives).
+    let pid = std::process::id();
+    let resolver_ip = Ipv4Addr::new(127, 54, (pid >> 8) as u8, pid as u8);
+    resolver(resolver_ip, stop)?;
     let d = probe.dir.display().to_string();
     let config = probe.dir.join("probe.toml");
     std::fs::write(
@@ -140,7 +227,9 @@ fn run_probe() -> anyhow::Result<Vec<Item>> {
             "[daemon]\nagents_root = {rel:?}\nsocket = \"{d}/probe.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"{d}/state\"\naudit_log = \"{d}/audit.jsonl\"\n\
              unlisted_agents = \"ignore\"\non_daemon_exit = \"detach\"\n\
              [[endpoint]]\nname = \"probe-api\"\naddresses = [\"127.0.0.1\"]\nports = [{allowed}]\nprice = {{ connection = \"1\" }}\n\
-             [[agent]]\nname = \"probe\"\nendpoints = [\"probe-api\"]\nbudget = {{ limit = \"2\" }}\n"
+             [[endpoint]]\nname = \"probe-named\"\nhosts = [\"*.governor-check.invalid\"]\nports = [{named}]\n\
+             [[agent]]\nname = \"probe\"\nendpoints = [\"probe-api\", \"probe-named\"]\nbudget = {{ limit = \"2\" }}\n\
+             [dns]\nresolvers = [\"{resolver_ip}\"]\nupstream_timeout = \"2s\"\n"
         ),
     )?;
     let log = std::fs::File::create(probe.dir.join("probe.log"))?;
@@ -196,6 +285,22 @@ fn run_probe() -> anyhow::Result<Vec<Item>> {
         code == 0 && counted,
         "an allowed connect is counted",
         format!("probe-connect exited {code}, counted: {counted}"),
+    ));
+
+    // The name's address is refused until the agent resolves the name, and usable right after
+    // (a wildcard pattern: the daemon cannot resolve it ahead of the agent).
+    let named_addr = format!("127.0.0.1:{named}");
+    let before = connect(&binary, &agent, &named_addr);
+    let (code, answered) = resolve(&binary, &agent, resolver_ip, "127.0.0.1");
+    let after = connect(&binary, &agent, &named_addr);
+    out.push(item(
+        Control::Boundaries,
+        before == 2 && code == 0 && answered && after == 0,
+        "DNS for an allowed name resolves end to end through the proxy",
+        format!(
+            "connect before lookup exited {before}, lookup of {PROBE_NAME} via {resolver_ip} exited {code} (answer {}), connect after exited {after}",
+            if answered { "127.0.0.1" } else { "missing" }
+        ),
     ));
 
     // Pause first: a budget-suspended agent resumes only with a larger budget.

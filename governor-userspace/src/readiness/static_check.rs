@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use super::{Control, Item, Verdict};
 use crate::{
-    config::{Cidr, Config, Mode, OnDaemonExit, OnExhausted, UnlistedAgents},
+    config::{Cidr, Config, Mode, OnDaemonExit, OnExhausted, UnlistedAgents, hostname::HostPattern},
     policy::name_id,
 };
 
@@ -218,6 +218,20 @@ fn boundaries(config: &Config, out: &mut Vec<Item>) {
                 ));
             }
         }
+        for h in &ep.hosts {
+            // `*.com` admits whatever any .com name resolves to: a catch-all in all but name.
+            if let Ok(HostPattern::Below(suffix)) = h.get_ref().parse::<HostPattern>()
+                && !suffix.contains('.')
+            {
+                out.push(item(
+                    Boundaries,
+                    Verdict::Fail,
+                    format!("{} is not a catch-all", ep.name.get_ref()),
+                    format!("{} admits every name under a top-level domain", h.get_ref()),
+                    Some(format!("endpoint[{j}].hosts")),
+                ));
+            }
+        }
     }
     for (i, a) in config.agents.iter().enumerate() {
         let name = a.name.get_ref();
@@ -276,13 +290,7 @@ fn boundaries(config: &Config, out: &mut Vec<Item>) {
     // Ids must not collide with another's in the other policy generation (see policy/ids.rs);
     // compilation refuses it, so a validated config here always passes.
     let _ = name_id;
-    out.push(item(
-        Boundaries,
-        Verdict::Warn,
-        "DNS resolvers are pinned",
-        "this version allowlists addresses only: DNS goes where endpoints allow, and no resolver is pinned",
-        None,
-    ));
+    out.push(resolvers_pinned(config));
     if config.daemon.unlisted_agents == UnlistedAgents::Observe {
         out.push(item(
             Boundaries,
@@ -291,6 +299,48 @@ fn boundaries(config: &Config, out: &mut Vec<Item>) {
             "unlisted child cgroups are observed (counted), not bounded",
             Some("daemon.unlisted_agents".into()),
         ));
+    }
+}
+
+/// Agents' DNS goes only to the resolvers governor lets through (its proxy); say which.
+fn resolvers_pinned(config: &Config) -> Item {
+    let check = "DNS resolvers are pinned";
+    let uses_hosts = config.endpoints.iter().any(|e| !e.hosts.is_empty());
+    match &config.dns.resolvers {
+        Some(r) => {
+            let list: Vec<&str> = r.get_ref().iter().map(|a| a.get_ref().as_str()).collect();
+            item(
+                Control::Boundaries,
+                Verdict::Pass,
+                check,
+                format!(
+                    "agents' DNS goes only to {} through governor's proxy; any other resolver is refused",
+                    list.join(", ")
+                ),
+                None,
+            )
+        }
+        None => {
+            let system = crate::dns::system_resolvers();
+            let (verdict, reason) = if !system.is_empty() {
+                let list: Vec<String> = system.iter().map(ToString::to_string).collect();
+                (
+                    Verdict::Pass,
+                    format!(
+                        "agents' DNS goes only to {} (this host's /etc/resolv.conf, read at start and reload); any other resolver is refused",
+                        list.join(", ")
+                    ),
+                )
+            } else if uses_hosts {
+                (
+                    Verdict::Warn,
+                    "no resolver: dns.resolvers is unset and /etc/resolv.conf names none, so agents' DNS is refused and host names are never admitted".into(),
+                )
+            } else {
+                (Verdict::Pass, "no resolver on this host: agents' DNS is refused".into())
+            };
+            item(Control::Boundaries, verdict, check, reason, Some("dns.resolvers".into()))
+        }
     }
 }
 
@@ -392,6 +442,14 @@ command = ["true"]
     }
 
     #[test]
+    fn configured_resolvers_pass_as_pinned() {
+        let text = READY.replace("[notify]", "[dns]\nresolvers = [\"10.0.0.2\"]\n[notify]");
+        let i = items(&text).into_iter().find(|i| i.check == "DNS resolvers are pinned").unwrap();
+        assert_eq!(i.verdict, Verdict::Pass);
+        assert!(i.reason.contains("10.0.0.2"), "{}", i.reason);
+    }
+
+    #[test]
     fn each_fail_rule_names_its_key() {
         // A path below a regular file can never hold the audit log, even for root.
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -408,6 +466,7 @@ command = ["true"]
             (READY.replace("price = { connection = \"0.001\", mib_sent = \"0.5\" }", ""), "endpoint[0].price"),
             (READY.replace("checkpoints = { every_spend = \"5\" }", ""), "agent[0].checkpoints"),
             (READY.replace("addresses = [\"203.0.113.10\"]", "addresses = [\"0.0.0.0/0\"]"), "endpoint[0].addresses"),
+            (READY.replace("ports = [443]", "ports = [443]\nhosts = [\"*.com\"]"), "endpoint[0].hosts"),
             (
                 READY.replace(
                     "limits = { connections_per_minute = 600, max_concurrent = 32 }",
