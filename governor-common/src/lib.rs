@@ -36,9 +36,13 @@ pub mod maps {
     pub const RESOLVERS: &str = "RESOLVERS";
     /// `Array<ResolverSlot>` by resolver index: turns a proxy address back into the resolver's.
     pub const RESOLVER_SLOTS: &str = "RESOLVER_SLOTS";
+    /// `HashMap<StatsKey, EndpointLimits>`: per (agent, endpoint) limits; written by the daemon only.
+    pub const ENDPOINT_LIMITS: &str = "ENDPOINT_LIMITS";
+    /// `HashMap<StatsKey, EndpointUse>`: their state; written by the kernel (atomically).
+    pub const ENDPOINT_USE: &str = "ENDPOINT_USE";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         AGENTS,
         ALLOW_V4,
         ALLOW_V6,
@@ -52,6 +56,8 @@ pub mod maps {
         HOST_EGRESS,
         RESOLVERS,
         RESOLVER_SLOTS,
+        ENDPOINT_LIMITS,
+        ENDPOINT_USE,
     ];
 }
 
@@ -125,6 +131,8 @@ pub const HOOK_SOCK_CREATE: u8 = 5;
 
 /// `SockTag::flags`: the socket holds one of its agent's `max_concurrent` places.
 pub const TAG_COUNTED: u32 = 1;
+/// `SockTag::flags`: the socket holds one of its (agent, endpoint)'s `max_concurrent` places.
+pub const TAG_ENDPOINT_COUNTED: u32 = 2;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -271,6 +279,27 @@ pub struct Spend {
 const _: () = assert!(size_of::<Spend>() == 32);
 const _: () = assert!(offset_of!(Spend, spent) == 0);
 
+/// Value of `ENDPOINT_LIMITS`: an endpoint's limits for one agent, as in `Control`; 0 = none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointLimits {
+    pub rate_interval_ns: u64,
+    pub rate_tolerance_ns: u64,
+    pub max_concurrent: u64,
+}
+const _: () = assert!(size_of::<EndpointLimits>() == 24);
+
+/// Value of `ENDPOINT_USE`: the kernel's state for `EndpointLimits` (as in `Spend`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointUse {
+    /// GCRA theoretical arrival time (ktime ns); compare-and-swapped.
+    pub tat_ns: u64,
+    /// Live connections to the endpoint now (taken at connect, given back at socket release).
+    pub live: u64,
+}
+const _: () = assert!(size_of::<EndpointUse>() == 16);
+
 /// Key of the per-(agent, endpoint) counters, and the tag stored on each socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -407,6 +436,8 @@ mod pod {
     unsafe impl aya::Pod for super::DenyEvent {}
     unsafe impl aya::Pod for super::Resolver {}
     unsafe impl aya::Pod for super::ResolverSlot {}
+    unsafe impl aya::Pod for super::EndpointLimits {}
+    unsafe impl aya::Pod for super::EndpointUse {}
 }
 
 #[cfg(test)]

@@ -1,15 +1,64 @@
-//! Rate and concurrency limits, per agent slot, with no locks: the rate limit is GCRA (a token
-//! bucket kept as one "theoretical arrival time", advanced by compare-and-swap), concurrency a
-//! shared counter taken with fetch-add and given back at socket release.
+//! Rate and concurrency limits, per agent slot and per (agent, endpoint), with no locks: the
+//! rate limit is GCRA (a token bucket kept as one "theoretical arrival time", advanced by
+//! compare-and-swap), concurrency a shared counter taken with fetch-add and given back at
+//! socket release.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
+use governor_common::{EndpointLimits, EndpointUse, StatsKey};
 
-use crate::maps::{CONTROL, SPEND};
+use crate::maps::{CONTROL, ENDPOINT_LIMITS, ENDPOINT_USE, SPEND};
 
 /// Tries before a contended rate check gives up (and refuses, erring on the side of the limit).
 const CAS_TRIES: u32 = 4;
+
+/// GCRA on the arrival time at `tat`: takes a token, or false when the schedule is more than
+/// `tolerance` ahead of now.
+#[inline(always)]
+fn gcra(tat: *mut u64, interval: u64, tolerance: u64) -> bool {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut tries = 0;
+    while tries < CAS_TRIES {
+        // SAFETY: `tat` points into a map value; atomics on map values are allowed.
+        let t = unsafe { core::ptr::read_volatile(tat) };
+        let base = if t > now { t } else { now };
+        if base - now > tolerance {
+            return false;
+        }
+        // SAFETY: as above.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(tat, t, base + interval)
+        };
+        if swapped {
+            return true;
+        }
+        tries += 1;
+    }
+    false
+}
+
+/// Takes a place on the counter at `live`: false (nothing taken) when `max` are in use and
+/// `enforce`. Counted even without a limit (`max` 0).
+#[inline(always)]
+fn take(live: *mut u64, max: u64, enforce: bool) -> bool {
+    // SAFETY: `live` points into a map value; atomics on map values are allowed.
+    unsafe {
+        let old = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, 1);
+        if max == 0 || old < max || !enforce {
+            return true;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, 1u64.wrapping_neg());
+    }
+    false
+}
+
+#[inline(always)]
+fn give(live: *mut u64) {
+    // SAFETY: as in `take`.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(live, 1u64.wrapping_neg()) };
+}
 
 /// Whether the slot may open one more connection now under its rate limit; takes the token.
 #[inline(always)]
@@ -21,33 +70,11 @@ pub fn rate_ok(slot: u32) -> bool {
     if interval == 0 {
         return true;
     }
-    let Some(spend) = SPEND.get_ptr_mut(slot) else {
-        return true;
-    };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let mut tries = 0;
-    while tries < CAS_TRIES {
-        // SAFETY: `spend` points into an array map value; atomics on map values are allowed.
-        let tat = unsafe { core::ptr::read_volatile(&raw const (*spend).tat_ns) };
-        let base = if tat > now { tat } else { now };
-        if base - now > tolerance {
-            return false;
-        }
-        // SAFETY: as above.
-        let (_, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                &raw mut (*spend).tat_ns,
-                tat,
-                base + interval,
-            )
-        };
-        if swapped {
-            return true;
-        }
-        tries += 1;
+    match SPEND.get_ptr_mut(slot) {
+        // SAFETY: a field of the array value the lookup returned.
+        Some(spend) => gcra(unsafe { &raw mut (*spend).tat_ns }, interval, tolerance),
+        None => true,
     }
-    false
 }
 
 /// Takes one of the slot's concurrent places. False (nothing taken) when all are in use and
@@ -58,18 +85,11 @@ pub fn acquire(slot: u32, enforce: bool) -> bool {
         return true;
     };
     let max = control.max_concurrent;
-    let Some(spend) = SPEND.get_ptr_mut(slot) else {
-        return true;
-    };
-    // SAFETY: as in `rate_ok`. Counted even without a limit, so status shows live connections.
-    unsafe {
-        let old = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*spend).live, 1);
-        if max == 0 || old < max || !enforce {
-            return true;
-        }
-        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*spend).live, 1u64.wrapping_neg());
+    match SPEND.get_ptr_mut(slot) {
+        // SAFETY: as in `rate_ok`.
+        Some(spend) => take(unsafe { &raw mut (*spend).live }, max, enforce),
+        None => true,
     }
-    false
 }
 
 /// Gives a concurrent place back.
@@ -77,6 +97,65 @@ pub fn acquire(slot: u32, enforce: bool) -> bool {
 pub fn release(slot: u32) {
     if let Some(spend) = SPEND.get_ptr_mut(slot) {
         // SAFETY: as in `rate_ok`.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*spend).live, 1u64.wrapping_neg()) };
+        give(unsafe { &raw mut (*spend).live });
+    }
+}
+
+pub const NO_ENDPOINT_LIMITS: EndpointLimits =
+    EndpointLimits { rate_interval_ns: 0, rate_tolerance_ns: 0, max_concurrent: 0 };
+
+/// The (agent, endpoint)'s limits, all 0 when it has none.
+#[inline(always)]
+pub fn of_endpoint(key: &StatsKey) -> EndpointLimits {
+    // SAFETY: copied out at once.
+    match unsafe { ENDPOINT_LIMITS.get(key) } {
+        Some(l) => *l,
+        None => NO_ENDPOINT_LIMITS,
+    }
+}
+
+/// The (agent, endpoint)'s state, created zeroed if the daemon has not yet; null when the map
+/// is full (the caller refuses: limits fail closed).
+#[inline(always)]
+fn use_of(key: &StatsKey) -> *mut EndpointUse {
+    if let Some(u) = ENDPOINT_USE.get_ptr_mut(key) {
+        return u;
+    }
+    // BPF_NOEXIST: if another CPU created it meanwhile, use theirs.
+    let _ = ENDPOINT_USE.insert(key, EndpointUse { tat_ns: 0, live: 0 }, 1);
+    ENDPOINT_USE.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
+}
+
+#[inline(always)]
+pub fn endpoint_rate_ok(key: &StatsKey, l: &EndpointLimits) -> bool {
+    let u = use_of(key);
+    if u.is_null() {
+        return false;
+    }
+    // SAFETY: a field of the map value `use_of` returned.
+    gcra(unsafe { &raw mut (*u).tat_ns }, l.rate_interval_ns, l.rate_tolerance_ns)
+}
+
+/// `endpoint_acquire`: refused, a place taken, or let through without one (observe mode with
+/// a full map: nothing to give back later).
+pub const REFUSED: u8 = 0;
+pub const TAKEN: u8 = 1;
+pub const NOT_TAKEN: u8 = 2;
+
+#[inline(always)]
+pub fn endpoint_acquire(key: &StatsKey, max: u64, enforce: bool) -> u8 {
+    let u = use_of(key);
+    if u.is_null() {
+        return if enforce { REFUSED } else { NOT_TAKEN };
+    }
+    // SAFETY: as above.
+    if take(unsafe { &raw mut (*u).live }, max, enforce) { TAKEN } else { REFUSED }
+}
+
+#[inline(always)]
+pub fn endpoint_release(key: &StatsKey) {
+    if let Some(u) = ENDPOINT_USE.get_ptr_mut(key) {
+        // SAFETY: as above.
+        give(unsafe { &raw mut (*u).live });
     }
 }

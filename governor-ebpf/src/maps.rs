@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, HostEgress, MAX_RESOLVERS, Resolver,
-    ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TrafficCounters,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, EndpointLimits, EndpointUse, HostEgress,
+    MAX_RESOLVERS, Resolver, ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TrafficCounters,
 };
 
 #[btf_map]
@@ -55,6 +55,14 @@ pub static RESOLVERS: HashMap<[u8; 16], Resolver, { MAX_RESOLVERS as usize }> = 
 /// Resolver addresses by index, to show agents the resolver in place of the proxy.
 #[btf_map]
 pub static RESOLVER_SLOTS: Array<ResolverSlot, { MAX_RESOLVERS as usize }> = Array::new();
+
+/// Per (agent, endpoint) limits, from `[[endpoint]] limits`; the daemon writes, programs read.
+#[btf_map]
+pub static ENDPOINT_LIMITS: HashMap<StatsKey, EndpointLimits, 65_536> = HashMap::new();
+
+/// Their state; the programs write (atomically). The daemon creates entries beside the limits.
+#[btf_map]
+pub static ENDPOINT_USE: HashMap<StatsKey, EndpointUse, 65_536> = HashMap::new();
 
 /// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot on first use.
 /// Returns false if the map had no room for a new key.

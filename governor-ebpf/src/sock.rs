@@ -7,7 +7,7 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{bindings::bpf_sock, helpers::bpf_sk_storage_get, programs::SockContext};
 use governor_common::{
     AF_INET, AF_INET6, ConnCounters, ENDPOINT_UNLISTED, HOOK_SOCK_CREATE, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE,
-    REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -79,6 +79,10 @@ pub fn release(ctx: &SockContext) -> i32 {
         if (*tag).flags & TAG_COUNTED != 0 {
             (*tag).flags &= !TAG_COUNTED;
             limits::release((*tag).slot);
+        }
+        if (*tag).flags & TAG_ENDPOINT_COUNTED != 0 {
+            (*tag).flags &= !TAG_ENDPOINT_COUNTED;
+            limits::endpoint_release(&StatsKey { agent_id: (*tag).agent_id, endpoint_id: (*tag).endpoint_id });
         }
     }
     1

@@ -16,7 +16,7 @@ use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
     ENDPOINT_UNLISTED, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY,
     REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED,
-    VERDICT_DENIED, VERDICT_WOULD_DENY,
+    TAG_ENDPOINT_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -79,12 +79,12 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     // A UDP socket pays the connection price, takes a token and a concurrent place once per
     // endpoint it sends to (a "flow"); a connect always does.
     // SAFETY: `tag` is null or a storage slot of the right type.
-    let (same_flow, counted) = unsafe {
+    let (same_flow, counted, old_flags, old_endpoint) = unsafe {
         if tag.is_null() {
-            (false, false)
+            (false, false, 0, ENDPOINT_UNLISTED)
         } else {
             let same = (*tag).agent_id == agent.agent_id && (*tag).endpoint_id == rule.endpoint_id;
-            (hook == HOOK_SENDMSG && same, (*tag).flags & TAG_COUNTED != 0)
+            (hook == HOOK_SENDMSG && same, (*tag).flags & TAG_COUNTED != 0, (*tag).flags, (*tag).endpoint_id)
         }
     };
     let enforce = agent.mode == MODE_ENFORCE;
@@ -99,21 +99,49 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if !listed {
         per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
         report(&agent, hook, REASON_NOT_ALLOWLISTED, VERDICT_WOULD_DENY, protocol, port, dest);
-        set_tag(tag, &agent, &rule, flags);
+        set_tag(tag, &agent, &rule, flags | (old_flags & TAG_ENDPOINT_COUNTED));
         return ALLOW;
     }
-    let cost = if same_flow { 0 } else { rule.prices.connection };
-    if !budget::charge_agent(agent.slot, cost) {
+    // The endpoint's own limits for this agent, if it has any (`[[endpoint]] limits`).
+    let ep = if same_flow { limits::NO_ENDPOINT_LIMITS } else { limits::of_endpoint(&key) };
+    let undo = |reason: u8| {
         if take_place {
             limits::release(agent.slot);
         }
-        return deny(REASON_BUDGET);
+        deny(reason)
+    };
+    if ep.rate_interval_ns != 0 && enforce && !limits::endpoint_rate_ok(&key, &ep) {
+        return undo(REASON_RATE_LIMIT);
+    }
+    let ep_held = old_flags & TAG_ENDPOINT_COUNTED != 0 && old_endpoint == rule.endpoint_id;
+    let ep_take = if ep.max_concurrent != 0 && !ep_held {
+        limits::endpoint_acquire(&key, ep.max_concurrent, enforce)
+    } else {
+        limits::NOT_TAKEN
+    };
+    if ep_take == limits::REFUSED {
+        return undo(REASON_CONCURRENCY);
+    }
+    let cost = if same_flow { 0 } else { rule.prices.connection };
+    if !budget::charge_agent(agent.slot, cost) {
+        if ep_take == limits::TAKEN {
+            limits::endpoint_release(&key);
+        }
+        return undo(REASON_BUDGET);
     }
     let flow = u64::from(!same_flow);
     per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
         c.allowed += 1;
         c.flows += flow;
     });
+    // A socket holds one endpoint place at most: moving to another endpoint gives the old back.
+    let mut flags = flags;
+    if ep_held || ep_take == limits::TAKEN {
+        flags |= TAG_ENDPOINT_COUNTED;
+    }
+    if old_flags & TAG_ENDPOINT_COUNTED != 0 && !ep_held {
+        limits::endpoint_release(&StatsKey { agent_id: agent.agent_id, endpoint_id: old_endpoint });
+    }
     set_tag(tag, &agent, &rule, flags);
     ALLOW
 }
@@ -153,7 +181,14 @@ fn dns_verdict(
     }
     let tag = socket_tag(ctx);
     // SAFETY: `tag` is null or a storage slot of the right type.
-    let counted = !tag.is_null() && unsafe { (*tag).flags & TAG_COUNTED != 0 };
+    let (counted, old_flags, old_endpoint) = if tag.is_null() {
+        (false, 0, ENDPOINT_UNLISTED)
+    } else {
+        unsafe { ((*tag).flags & TAG_COUNTED != 0, (*tag).flags, (*tag).endpoint_id) }
+    };
+    if old_flags & TAG_ENDPOINT_COUNTED != 0 {
+        limits::endpoint_release(&StatsKey { agent_id: agent.agent_id, endpoint_id: old_endpoint });
+    }
     per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
         c.allowed += 1;
         c.flows += 1;

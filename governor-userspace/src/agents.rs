@@ -110,6 +110,10 @@ impl AgentTable {
     ) -> Result<Vec<String>, AgentsError> {
         let Rules { policy, admitted } = rules;
         maps.insert_rules(&policy.agents, admitted)?;
+        if let Err(e) = maps.set_endpoint_limits(&policy.endpoint_limits()) {
+            maps.remove_rules(&policy.agents, admitted);
+            return Err(e.into());
+        }
         let mut changed = Vec::new();
         for a in &policy.agents {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;

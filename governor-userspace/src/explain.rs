@@ -171,6 +171,24 @@ impl Governor {
         if observe {
             e.because.push("the agent is in observe mode: nothing is refused, would-be denials are counted".into());
         }
+        if let Some(ep) = e.endpoint.as_deref().and_then(|n| policy.endpoints.iter().find(|x| x.name == n))
+            && !ep.limits.is_none()
+        {
+            let live = core
+                .maps
+                .endpoint_live()
+                .get(&governor_common::StatsKey { agent_id: a.id, endpoint_id: ep.id })
+                .copied()
+                .unwrap_or(0);
+            let l = ep.limits;
+            e.because.push(format!(
+                "endpoint {:?} has its own limits for each agent: {} connections per minute, {} of {} concurrent in use",
+                ep.name,
+                l.connections_per_minute.map_or("unlimited".into(), |c| c.to_string()),
+                live,
+                l.max_concurrent.map_or("unlimited".into(), |c| c.to_string()),
+            ));
+        }
         if let Some(acc) = core.books.account(&a.name) {
             let l = acc.limits;
             if let Some(cpm) = l.connections_per_minute {

@@ -425,6 +425,8 @@ impl Governor {
         let counters = core.maps.counters()?;
         let lost = core.maps.events_lost()?;
         let host_egress = self.host_egress(&core.maps.host_egress()?);
+        let endpoint_live = core.maps.endpoint_live();
+        let policy = self.policy();
 
         let mut by_agent: BTreeMap<u32, Vec<(u32, AgentCounters)>> = BTreeMap::new();
         for (key, c) in counters {
@@ -443,10 +445,21 @@ impl Governor {
                     .map(|(ep, c)| {
                         totals.add(c);
                         let spend = cost(c, &self.endpoint_prices(*ep));
+                        let limits = policy
+                            .endpoints
+                            .iter()
+                            .find(|e| e.id == *ep && !e.limits.is_none())
+                            .filter(|_| policy.agents.iter().any(|p| p.id == a.id && p.endpoints.contains(ep)))
+                            .map(|e| e.limits);
+                        let key = governor_common::StatsKey { agent_id: a.id, endpoint_id: *ep };
                         EndpointStatus {
                             endpoint: self.endpoint_name(*ep),
                             spend: spend.to_string(),
                             spend_pico: spend.0,
+                            live_connections: limits
+                                .filter(|l| l.max_concurrent.is_some())
+                                .map(|_| endpoint_live.get(&key).copied().unwrap_or(0)),
+                            limits,
                             counters: c.clone(),
                         }
                     })

@@ -90,9 +90,16 @@ impl Governor {
             let Core { maps, agents, books, names } = &mut *core;
             let admitted = crate::dns::admit::readmit(names, &compiled, crate::dns::boot_secs());
             let rules = crate::agents::Rules { policy: &compiled, admitted: &admitted };
-            let changed = agents
-                .apply(rules, &self.root, maps, books, true, unix_now())
-                .map_err(|e| ReloadError::Apply(Box::new(e)))?;
+            let changed = match agents.apply(rules, &self.root, maps, books, true, unix_now()) {
+                Ok(c) => c,
+                Err(e) => {
+                    let error = e.to_string();
+                    tracing::error!(%error, "the kernel did not take the new policy; the running policy stays");
+                    let _ =
+                        self.audit("policy_reload_refused", None, json!({ "sha256": new.sha256(), "error": error }));
+                    return Err(ReloadError::Apply(Box::new(e)));
+                }
+            };
             crate::dns::admit::retain_allowed(names, &compiled);
             let d = &compiled.dns;
             for held in names.reconfigure(d.max_names, d.max_addresses_per_name, d.lifetimes()) {

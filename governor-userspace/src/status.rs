@@ -129,6 +129,12 @@ pub struct EndpointStatus {
     /// What this endpoint's traffic cost at the current prices, all windows.
     pub spend: String,
     pub spend_pico: u64,
+    /// The endpoint's own limits for this agent (`[[endpoint]] limits`), if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::policy::Limits>,
+    /// Live connections to it now, counted when it has a concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_connections: Option<u64>,
     #[serde(flatten)]
     pub counters: AgentCounters,
 }

@@ -5,6 +5,8 @@ use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpListener, UdpSocket},
+    path::Path,
+    process::{Command, Output},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,6 +19,26 @@ use hickory_proto::{
     op::{Message, MessageType, OpCode},
     rr::{Name, RData, Record, RecordType, rdata},
 };
+
+/// Runs `program` in `cgroup` with /etc/resolv.conf replaced (in a private mount namespace)
+/// by one naming only `resolver`, so glibc asks it, as an agent's resolver library would.
+/// `dir` holds the replacement file.
+pub fn with_resolver(cgroup: &Path, dir: &Path, resolver: Ipv4Addr, program: &[&str]) -> Output {
+    let conf = dir.join(format!("resolv-{resolver}.conf"));
+    std::fs::write(&conf, format!("nameserver {resolver}\noptions timeout:3 attempts:1\n")).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+    ])
+    .arg(&conf)
+    .args(program);
+    crate::run_in(cgroup, cmd)
+}
 
 /// One name's data.
 #[derive(Clone, Debug)]

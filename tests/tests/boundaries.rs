@@ -164,3 +164,58 @@ fn a_ten_thousand_address_scan_is_refused_counted_and_cheap() {
     assert!(after < before + 4096, "daemon memory grew from {before} KiB to {after} KiB");
     eprintln!("scan: 10,000 refused, {records} audit records, daemon {before} -> {after} KiB");
 }
+
+#[test]
+fn endpoint_limits_apply_per_agent_on_top_of_its_own() {
+    if !privileged("endpoint_limits_apply_per_agent_on_top_of_its_own") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let (held, rated, free) = (Server::start(Serve::Sink), Server::start(Serve::Sink), Server::start(Serve::Sink));
+    let daemon = Daemon::start(
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"held\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\nlimits = {{ max_concurrent = 2 }}\n\
+             [[endpoint]]\nname = \"rated\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\nlimits = {{ connections_per_minute = 60, burst = 3 }}\n\
+             [[endpoint]]\nname = \"free\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\n\
+             [[agent]]\nname = \"a1\"\nendpoints = [\"held\", \"rated\", \"free\"]\nlimits = {{ max_concurrent = 10 }}\n",
+            held.port, rated.port, free.port
+        ),
+    );
+    let agent = root.path.join("a1");
+    let holder = governor_tests::spawn_in(&agent, {
+        let mut c = Command::new(workload_bin());
+        c.args(["hold", &held.addr("127.0.0.1"), "4", "2"]).stdout(std::process::Stdio::piped());
+        c
+    });
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let ep = |name: &str| {
+        daemon.agent("a1")["endpoints"].as_array().unwrap().iter().find(|e| e["endpoint"] == name).cloned().unwrap()
+    };
+    let e = ep("held");
+    assert_eq!((e["live_connections"].as_u64(), e["limits"]["max_concurrent"].as_u64()), (Some(2), Some(2)), "{e}");
+    // The endpoint is full; the agent is not: another endpoint still takes connections.
+    assert!(workload(Some(&agent), &["connect", &held.addr("127.0.0.1")]).eperm());
+    assert!(workload(Some(&agent), &["connect", &free.addr("127.0.0.1")]).ok());
+    let out = holder.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["bytes"].as_u64(), v["eperm"].as_u64()), (Some(2), Some(2)), "{v}");
+    daemon.wait_until("endpoint places given back", 5, |s| {
+        s["agents"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["endpoint"] == "held" && e["live_connections"] == 0)
+    });
+    assert!(workload(Some(&agent), &["connect", &held.addr("127.0.0.1")]).ok(), "places leaked");
+
+    // The rate limit of one endpoint: its burst, then refusals; the others are untouched.
+    let out = workload(Some(&agent), &["connect-loop", &rated.addr("127.0.0.1"), "10"]);
+    assert_eq!((out.json["bytes"].as_u64(), out.json["eperm"].as_u64()), (Some(3), Some(7)), "{out:?}");
+    let out = workload(Some(&agent), &["connect-loop", &free.addr("127.0.0.1"), "10"]);
+    assert_eq!(out.json["eperm"].as_u64(), Some(0), "{out:?}");
+    assert_eq!(ep("rated")["denied_by_reason"]["rate-limit"].as_u64(), Some(7));
+    assert_eq!(ep("held")["denied_by_reason"]["concurrency"].as_u64(), Some(3));
+    let why = daemon.cli(&["explain", "--agent", "a1", &held.addr("127.0.0.1")]);
+    assert!(why.contains("own limits") && why.contains("of 2 concurrent"), "{why}");
+}

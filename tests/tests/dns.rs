@@ -2,37 +2,13 @@
 //! (glibc, via curl and getent) against a tiny DNS server on loopback; the kernel sends the
 //! queries to governor's proxy, which admits the addresses of allowed names before it answers.
 
-use std::{
-    net::Ipv4Addr,
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::Path, process::Output, time::Duration};
 
 use governor_tests::{
     AgentsRoot, Daemon, Serve, Server,
-    dns::{DnsServer, Rr},
-    privileged, run_in, workload,
+    dns::{DnsServer, Rr, with_resolver},
+    privileged, workload,
 };
-
-/// Runs `program` in `cgroup` with /etc/resolv.conf replaced (in a private mount namespace)
-/// by one naming only `resolver`, so glibc asks it, as an agent's resolver library would.
-fn with_resolver(cgroup: &Path, dir: &Path, resolver: Ipv4Addr, program: &[&str]) -> Output {
-    let conf = dir.join(format!("resolv-{resolver}.conf"));
-    std::fs::write(&conf, format!("nameserver {resolver}\noptions timeout:3 attempts:1\n")).unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
-    ])
-    .arg(&conf)
-    .args(program);
-    run_in(cgroup, cmd)
-}
 
 fn curl(cgroup: &Path, dir: &Path, resolver: Ipv4Addr, url: &str) -> Output {
     with_resolver(cgroup, dir, resolver, &["curl", "-sS", "-o", "/dev/null", "--max-time", "10", url])

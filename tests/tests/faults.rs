@@ -94,3 +94,83 @@ fn a_full_disk_stops_no_enforcement_and_no_unrecorded_control() {
     assert!(daemon.stop().success());
     drop(tmpfs);
 }
+
+/// Fills the pinned IPv4 allowlist with entries of an agent id no agent has, until the kernel
+/// has no room. Returns them, to remove again.
+fn fill_allowlist(root: &AgentsRoot) -> Vec<aya::maps::lpm_trie::Key<governor_common::AllowKeyV4>> {
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    use governor_common::{ALLOW_KEY_FIXED_BITS, AllowKeyV4, Rule};
+    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::ALLOW_V4)).unwrap();
+    let mut trie: LpmTrie<MapData, AllowKeyV4, Rule> = LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    let mut junk = Vec::new();
+    for i in 0u32.. {
+        let key = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(0x0bad_0001, 6, 1, i.to_be_bytes()));
+        if trie.insert(&key, Rule::default(), 0).is_err() {
+            break;
+        }
+        junk.push(key);
+    }
+    junk
+}
+
+fn clear_allowlist(root: &AgentsRoot, junk: &[aya::maps::lpm_trie::Key<governor_common::AllowKeyV4>]) {
+    use aya::maps::{LpmTrie, Map, MapData};
+    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::ALLOW_V4)).unwrap();
+    let mut trie: LpmTrie<MapData, governor_common::AllowKeyV4, governor_common::Rule> =
+        LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    for k in junk {
+        let _ = trie.remove(k);
+    }
+}
+
+#[test]
+fn a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused() {
+    if !privileged("a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused") {
+        return;
+    }
+    use governor_tests::dns::{DnsServer, Rr, with_resolver};
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let resolver = std::net::Ipv4Addr::new(127, 53, 0, 3);
+    let _dns = DnsServer::start(resolver, &[("full.allowed.test", Rr::A(std::net::Ipv4Addr::new(127, 0, 2, 1), 60))]);
+    let body = |extra_port: &str| {
+        format!(
+            "[[endpoint]]\nname = \"api\"\naddresses = [\"127.0.0.1\"]\nhosts = [\"*.allowed.test\"]\nports = [{}{extra_port}]\nprotocol = \"tcp\"\n\
+             [[agent]]\nname = \"a1\"\nendpoints = [\"api\"]\n[dns]\nresolvers = [\"{resolver}\"]\nupstream_timeout = \"1s\"\n",
+            sink.port
+        )
+    };
+    let daemon = Daemon::start(&root, &body(""));
+    let agent = root.path.join("a1");
+    let dir = daemon.dir();
+
+    let started = std::time::Instant::now();
+    let junk = fill_allowlist(&root);
+    eprintln!("filled the allowlist with {} entries in {:?}", junk.len(), started.elapsed());
+    assert!(junk.len() > 1_000_000, "the map holds about 2^20 entries: {}", junk.len());
+
+    // The answer cannot be admitted: the agent gets SERVFAIL (its lookup fails), not an answer
+    // it could not use, and the address stays refused.
+    let out = with_resolver(&agent, dir.path(), resolver, &["getent", "ahostsv4", "full.allowed.test"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(daemon.status()["dns"]["queries"]["a1"]["servfail"].as_u64().unwrap_or(0) >= 1);
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.2.1")]).eperm());
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok(), "configured rules still hold");
+
+    // A new policy the kernel cannot take is refused as a whole; the running one stays.
+    std::fs::write(&daemon.config, std::fs::read_to_string(&daemon.config).unwrap().replace(&body(""), &body(", 9")))
+        .unwrap();
+    let out = daemon.cli_output(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("did not take the new policy"), "{out:?}");
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok(), "the running policy stays");
+    assert!(workload(Some(&agent), &["connect", "127.0.0.1:9"]).eperm(), "the new one is not half-applied");
+    let audit = daemon.audit_log();
+    assert!(audit.iter().any(|r| r["kind"] == "policy_reload_refused"), "the refusal is on record");
+
+    // Room again: the same lookup is admitted and the agent can connect.
+    clear_allowlist(&root, &junk);
+    let out = with_resolver(&agent, dir.path(), resolver, &["getent", "ahostsv4", "full.allowed.test"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.2.1")]).ok());
+}

@@ -339,6 +339,10 @@ pub struct EndpointConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub price: PriceConfig,
+    /// Limits on this endpoint for each agent that uses it, on top of the agent's own:
+    /// `limits = { connections_per_minute = 60, max_concurrent = 4 }`.
+    #[serde(default)]
+    pub limits: Option<Spanned<LimitsConfig>>,
 }
 
 fn no_addresses() -> Spanned<Vec<Spanned<String>>> {

@@ -330,3 +330,14 @@ fn bad_host_names_and_dns_settings_are_refused_by_key() {
         assert!(e.contains(key) && e.contains(says), "expected {key}: {says}, got: {e}");
     }
 }
+
+#[test]
+fn endpoint_limits_are_validated_like_agent_limits() {
+    let ok =
+        HOSTS.replace("ports = [443]", "ports = [443]\nlimits = { connections_per_minute = 60, max_concurrent = 4 }");
+    assert!(load(&ok).is_ok());
+    let e = error(&HOSTS.replace("ports = [443]", "ports = [443]\nlimits = { max_concurrent = 0 }"));
+    assert!(e.contains("endpoint[0].limits.max_concurrent") && e.contains("from 1"), "{e}");
+    let e = error(&HOSTS.replace("ports = [443]", "ports = [443]\nlimits = { burst = 5 }"));
+    assert!(e.contains("endpoint[0].limits.burst"), "{e}");
+}

@@ -144,6 +144,9 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
             }
         }
         validate_price(&ep.price, &key("price"))?;
+        if let Some(l) = &ep.limits {
+            validate_limits(l.get_ref(), &key("limits"))?;
+        }
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -179,25 +182,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
         }
         validate_thresholds(&agent.thresholds, &key("thresholds"))?;
         if let Some(l) = &agent.limits {
-            let l = l.get_ref();
-            for (v, name, max) in [
-                (&l.connections_per_minute, "connections_per_minute", 60_000_000),
-                (&l.burst, "burst", 1_000_000),
-                (&l.max_concurrent, "max_concurrent", 1_000_000),
-            ] {
-                if let Some(v) = v
-                    && !(1..=max).contains(v.get_ref())
-                {
-                    return Err(problem(
-                        v.span(),
-                        key(&format!("limits.{name}")),
-                        format!("{} must be from 1 to {max}", v.get_ref()),
-                    ));
-                }
-            }
-            if let (Some(b), None) = (&l.burst, &l.connections_per_minute) {
-                return Err(problem(b.span(), key("limits.burst"), "burst needs connections_per_minute"));
-            }
+            validate_limits(l.get_ref(), &key("limits"))?;
         }
         if let Some(c) = &agent.checkpoints {
             let k = key("checkpoints");
@@ -233,6 +218,24 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_limits(l: &super::LimitsConfig, key: &str) -> Result<(), Problem> {
+    for (v, name, max) in [
+        (&l.connections_per_minute, "connections_per_minute", 60_000_000),
+        (&l.burst, "burst", 1_000_000),
+        (&l.max_concurrent, "max_concurrent", 1_000_000),
+    ] {
+        if let Some(v) = v
+            && !(1..=max).contains(v.get_ref())
+        {
+            return Err(problem(v.span(), format!("{key}.{name}"), format!("{} must be from 1 to {max}", v.get_ref())));
+        }
+    }
+    if let (Some(b), None) = (&l.burst, &l.connections_per_minute) {
+        return Err(problem(b.span(), format!("{key}.burst"), "burst needs connections_per_minute"));
     }
     Ok(())
 }

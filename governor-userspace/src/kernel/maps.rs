@@ -10,8 +10,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, HostEgress, MAX_RESOLVERS, REASONS, Resolver,
-    ResolverSlot, Rule, Spend, StatsKey, TrafficCounters, maps as names,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, EndpointLimits, EndpointUse, HostEgress, MAX_RESOLVERS,
+    REASONS, Resolver, ResolverSlot, Rule, Spend, StatsKey, TrafficCounters, maps as names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,12 @@ pub struct KernelMaps {
     host_egress: PerCpuHashMap<MapData, u64, HostEgress>,
     resolvers: HashMap<MapData, [u8; 16], Resolver>,
     resolver_slots: Array<MapData, ResolverSlot>,
+    endpoint_limits: HashMap<MapData, StatsKey, EndpointLimits>,
+    endpoint_use: HashMap<MapData, StatsKey, EndpointUse>,
 }
+
+/// bpf(2) update flag: create only (the kernel's uapi value).
+const BPF_NOEXIST: u64 = 1;
 
 /// An allowlist entry admitted from a DNS answer, as found in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +103,37 @@ impl KernelMaps {
             host_egress: take(ebpf, names::HOST_EGRESS)?,
             resolvers: take(ebpf, names::RESOLVERS)?,
             resolver_slots: take(ebpf, names::RESOLVER_SLOTS)?,
+            endpoint_limits: take(ebpf, names::ENDPOINT_LIMITS)?,
+            endpoint_use: take(ebpf, names::ENDPOINT_USE)?,
         })
+    }
+
+    /// Makes `limits` the per (agent, endpoint) limits, removing any others. The state entries
+    /// are created beside them and never removed: sockets holding a place give it back there.
+    pub fn set_endpoint_limits(&mut self, limits: &[(StatsKey, EndpointLimits)]) -> Result<(), KernelError> {
+        for (k, v) in limits {
+            match self.endpoint_use.insert(k, EndpointUse::default(), BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => return Err(KernelError::Map { name: names::ENDPOINT_USE, op: "insert", source }),
+            }
+            self.endpoint_limits.insert(k, v, 0).map_err(map_err(names::ENDPOINT_LIMITS, "insert"))?;
+        }
+        let stale: Vec<StatsKey> = self
+            .endpoint_limits
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !limits.iter().any(|(x, _)| x == k))
+            .collect();
+        for k in stale {
+            let _ = self.endpoint_limits.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Live connections per (agent, endpoint) with an endpoint limit.
+    pub fn endpoint_live(&self) -> BTreeMap<StatsKey, u64> {
+        self.endpoint_use.iter().filter_map(Result::ok).map(|(k, u)| (k, u.live)).collect()
     }
 
     /// Makes `resolvers` (index = position) the only DNS servers agents may use, through the
@@ -247,6 +282,16 @@ impl KernelMaps {
             }
         }
         result
+    }
+
+    /// Removes `agents`' rules and `admitted` again: a new generation that could not be applied.
+    pub fn remove_rules(&mut self, agents: &[CompiledAgent], admitted: &Admitted) {
+        for r in agents.iter().flat_map(|a| &a.rules_v4).chain(&admitted.v4) {
+            let _ = self.allow_v4.remove(&Key::new(r.prefix_len, r.key));
+        }
+        for r in agents.iter().flat_map(|a| &a.rules_v6).chain(&admitted.v6) {
+            let _ = self.allow_v6.remove(&Key::new(r.prefix_len, r.key));
+        }
     }
 
     /// Removes every allowlist entry that is not one of `agents`' rules or `admitted`: the

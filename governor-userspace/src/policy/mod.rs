@@ -6,7 +6,8 @@ mod ids;
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use governor_common::{
-    ALLOW_KEY_FIXED_BITS, AllowKeyV4, AllowKeyV6, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, MODE_OBSERVE, Prices, Rule,
+    ALLOW_KEY_FIXED_BITS, AllowKeyV4, AllowKeyV6, EndpointLimits, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, MODE_OBSERVE,
+    Prices, Rule, StatsKey,
 };
 
 pub use ids::name_id;
@@ -36,6 +37,8 @@ pub struct CompiledEndpoint {
     pub name: String,
     /// Per connection, and per byte (rounded up from the per-MiB price), in pico-units.
     pub prices: Prices,
+    /// Limits on this endpoint for each agent that uses it (none: all None).
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,8 @@ pub struct CompiledAgent {
     pub rules_v6: Vec<Entry<AllowKeyV6>>,
     /// Host name patterns: their addresses are admitted from DNS answers at run time.
     pub hosts: Vec<HostRule>,
+    /// Ids of the endpoints in its allowlist.
+    pub endpoints: Vec<u32>,
 }
 
 /// A host name pattern an agent may reach, and the rules an address admitted for it becomes.
@@ -163,6 +168,22 @@ pub struct Limits {
 }
 
 impl Limits {
+    pub fn from_config(l: Option<&toml::Spanned<crate::config::LimitsConfig>>) -> Self {
+        l.map_or_else(Limits::default, |l| {
+            let l = l.get_ref();
+            let n = |v: &Option<toml::Spanned<i64>>| v.as_ref().map(|v| *v.get_ref() as u64);
+            Limits {
+                connections_per_minute: n(&l.connections_per_minute),
+                burst: n(&l.burst),
+                max_concurrent: n(&l.max_concurrent),
+            }
+        })
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.connections_per_minute.is_none() && self.max_concurrent.is_none()
+    }
+
     /// GCRA parameters: nanoseconds between connections, and how far ahead the schedule may run.
     pub fn rate_ns(&self) -> (u64, u64) {
         match self.connections_per_minute {
@@ -187,6 +208,25 @@ pub struct Policy {
     /// Pico-units per byte leaving the host (rounded up from the per-GiB price).
     pub host_egress_byte_price: u64,
     pub dns: DnsPolicy,
+}
+
+impl Policy {
+    /// What `ENDPOINT_LIMITS` must hold: each (agent, endpoint) whose endpoint has limits.
+    pub fn endpoint_limits(&self) -> Vec<(StatsKey, EndpointLimits)> {
+        let mut out = Vec::new();
+        for ep in self.endpoints.iter().filter(|e| !e.limits.is_none()) {
+            let (rate_interval_ns, rate_tolerance_ns) = ep.limits.rate_ns();
+            let value = EndpointLimits {
+                rate_interval_ns,
+                rate_tolerance_ns,
+                max_concurrent: ep.limits.max_concurrent.unwrap_or(0),
+            };
+            for a in self.agents.iter().filter(|a| a.endpoints.contains(&ep.id)) {
+                out.push((StatsKey { agent_id: a.id, endpoint_id: ep.id }, value));
+            }
+        }
+        out
+    }
 }
 
 /// An endpoint's configured prices in pico-units; the config is validated, so amounts parse.
@@ -281,7 +321,12 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
     let mut endpoints = Vec::with_capacity(config.endpoints.len());
     for ep in &config.endpoints {
         let id = endpoint_ids.assign(ep.name.get_ref())?;
-        endpoints.push(CompiledEndpoint { id, name: ep.name.get_ref().clone(), prices: prices(&ep.price) });
+        endpoints.push(CompiledEndpoint {
+            id,
+            name: ep.name.get_ref().clone(),
+            prices: prices(&ep.price),
+            limits: Limits::from_config(ep.limits.as_ref()),
+        });
     }
     let by_name: HashMap<&str, (usize, Rule)> = config
         .endpoints
@@ -315,23 +360,19 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
                     every_connections: c.every_connections.as_ref().map(|n| *n.get_ref() as u64),
                 }
             }),
-            limits: agent.limits.as_ref().map_or_else(Limits::default, |l| {
-                let l = l.get_ref();
-                let n = |v: &Option<toml::Spanned<i64>>| v.as_ref().map(|v| *v.get_ref() as u64);
-                Limits {
-                    connections_per_minute: n(&l.connections_per_minute),
-                    burst: n(&l.burst),
-                    max_concurrent: n(&l.max_concurrent),
-                }
-            }),
+            limits: Limits::from_config(agent.limits.as_ref()),
             rules_v4: Vec::new(),
             rules_v6: Vec::new(),
             hosts: Vec::new(),
+            endpoints: Vec::new(),
         };
         // (protocol, port, prefix) -> endpoint name, to refuse ambiguous overlaps.
         let mut seen: HashMap<(u8, u16, Cidr), &str> = HashMap::new();
         for ep_name in &agent.endpoints {
             let (index, rule) = by_name[ep_name.get_ref().as_str()];
+            if !compiled.endpoints.contains(&rule.endpoint_id) {
+                compiled.endpoints.push(rule.endpoint_id);
+            }
             let ep = &config.endpoints[index];
             let ports: Vec<u16> = if ep.ports.is_empty() {
                 vec![0]

@@ -177,3 +177,18 @@ fn one_host_pattern_in_two_endpoints_of_an_agent_is_refused() {
     assert!(matches!(e, PolicyError::HostOverlap { .. }), "{e}");
     assert!(e.to_string().contains("*.example.com"), "{e}");
 }
+
+#[test]
+fn endpoint_limits_go_to_every_agent_that_uses_the_endpoint() {
+    let text = HOST_POLICY.replace(
+        "name = \"wide\"",
+        "name = \"wide\"\nlimits = { connections_per_minute = 60, burst = 3, max_concurrent = 4 }",
+    ) + "[[agent]]\nname = \"a2\"\nendpoints = [\"wide\"]\n[[agent]]\nname = \"a3\"\nendpoints = [\"narrow\"]\n";
+    let p = compile_text(&text).unwrap();
+    let l = p.endpoint_limits();
+    let agents: Vec<u32> = l.iter().map(|(k, _)| k.agent_id).collect();
+    assert_eq!(agents, vec![name_id("a1"), name_id("a2")], "a3 does not use `wide`");
+    let (key, v) = l[0];
+    assert_eq!(key.endpoint_id, name_id("wide"));
+    assert_eq!((v.rate_interval_ns, v.rate_tolerance_ns, v.max_concurrent), (1_000_000_000, 2_000_000_000, 4));
+}
