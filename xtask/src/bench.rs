@@ -72,6 +72,11 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// The bench's own cgroups, daemon configs and pins; removed on drop.
+/// The bench's own resolver and name, for the DNS measurement (outside 127.64.0.0/10, where
+/// the proxy's addresses are).
+const BENCH_RESOLVER: &str = "127.53.77.1";
+const BENCH_NAME: &str = "bench.governor.test";
+
 struct Env {
     mount: PathBuf,
     rel: String,
@@ -88,7 +93,7 @@ impl Env {
 
     fn config(&self, allow: &[String], ports: &str, extra_daemon: &str, extra_agent: &str) -> PathBuf {
         let mut text = format!(
-            "[daemon]\nagents_root = {:?}\nsocket = \"{}/governor.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"{}/state\"\naudit_log = \"{}/audit.jsonl\"\nunlisted_agents = \"ignore\"\n{extra_daemon}\n",
+            "[daemon]\nagents_root = {:?}\nsocket = \"{}/governor.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"{}/state\"\naudit_log = \"{}/audit.jsonl\"\nunlisted_agents = \"ignore\"\non_daemon_exit = \"detach\"\n{extra_daemon}\n",
             self.rel,
             self.dir.display(),
             self.dir.display(),
@@ -105,6 +110,32 @@ impl Env {
         let path = self.dir.join("governor.toml");
         std::fs::write(&path, text).expect("write bench config");
         path
+    }
+
+    /// `config` with the bench endpoint also naming `BENCH_NAME`, and `BENCH_RESOLVER` as the
+    /// only resolver.
+    fn dns_config(&self, allow: &[String]) -> PathBuf {
+        let path = self.config(allow, "5297, 5298, 5299", &format!("[dns]\nresolvers = [\"{BENCH_RESOLVER}\"]"), "");
+        let text = std::fs::read_to_string(&path)
+            .expect("bench config")
+            .replace("protocol = \"any\"", &format!("protocol = \"any\"\nhosts = [\"{BENCH_NAME}\"]"));
+        std::fs::write(&path, text).expect("write bench config");
+        path
+    }
+
+    /// The baseline must run with no program attached: the daemons here detach on a clean stop
+    /// (`on_daemon_exit = "detach"`), and their pinned links must be gone.
+    fn ensure_detached(&self) -> anyhow::Result<()> {
+        let links = self.pins().join("links");
+        let left = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
+        if left > 0 {
+            bail!("{left} program links are still pinned in {}: the baseline would be governed", links.display());
+        }
+        Ok(())
+    }
+
+    fn pins(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/governor/v2").join(self.root.to_string_lossy().trim_start_matches('/').replace('/', "_"))
     }
 
     /// Starts the daemon with `config` and waits for its socket.
@@ -138,9 +169,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = Command::new("nft").args(["delete", "table", "inet", "governor_bench"]).output();
         kill_tree(&self.root);
-        let pins = Path::new("/sys/fs/bpf/governor/v2")
-            .join(self.root.to_string_lossy().trim_start_matches('/').replace('/', "_"));
-        let _ = std::fs::remove_dir_all(pins);
+        let _ = std::fs::remove_dir_all(self.pins());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -203,6 +232,16 @@ fn in_cgroup(cgroup: &Path, cmd: &mut Command) -> anyhow::Result<std::process::O
         });
     }
     Ok(cmd.output()?)
+}
+
+/// A server process the bench started, ended (by its pid) and reaped on drop.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn spawn_listening(cmd: &mut Command) -> anyhow::Result<Child> {
@@ -347,7 +386,48 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let result = measure(&env, &plan);
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let (comparisons, singles, programs) = result?;
-    report(&plan, quick, comparisons, singles, programs, bench_started.elapsed())
+    let micro = criterion(quick)?;
+    report(&plan, quick, comparisons, singles, programs, &micro, bench_started.elapsed())
+}
+
+/// One criterion benchmark: its name and median time per iteration with the 95% interval (ns).
+struct Micro {
+    name: String,
+    median_ns: f64,
+    low_ns: f64,
+    high_ns: f64,
+}
+
+/// Runs the user-space microbenchmarks (governor-userspace/benches/hot_paths.rs) and reads
+/// criterion's estimates back.
+fn criterion(quick: bool) -> anyhow::Result<Vec<Micro>> {
+    let out_dir = workspace_root().join("target/criterion");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let mut cmd = Command::new("cargo");
+    cmd.args(["bench", "-p", "governor-userspace", "--bench", "hot_paths", "--", "--noplot"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    build::status(&mut cmd)?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&out_dir).context("reading target/criterion")?.flatten() {
+        let dir = entry.path().join("new");
+        let (Ok(b), Ok(e)) =
+            (std::fs::read_to_string(dir.join("benchmark.json")), std::fs::read_to_string(dir.join("estimates.json")))
+        else {
+            continue;
+        };
+        let (b, e): (Value, Value) = (serde_json::from_str(&b)?, serde_json::from_str(&e)?);
+        let m = &e["median"];
+        out.push(Micro {
+            name: b["full_id"].as_str().unwrap_or_default().to_owned(),
+            median_ns: m["point_estimate"].as_f64().unwrap_or(f64::NAN),
+            low_ns: m["confidence_interval"]["lower_bound"].as_f64().unwrap_or(f64::NAN),
+            high_ns: m["confidence_interval"]["upper_bound"].as_f64().unwrap_or(f64::NAN),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// (measure, result, goal) of the measurements that are not A/B comparisons.
@@ -370,15 +450,18 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
     };
 
     // Servers outside every agent: iperf3 and an accept loop on loopback, iperf3 in a netns.
-    let mut iperf_lo =
-        Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", "5299"]).stdout(Stdio::null()).spawn()?;
-    let mut acceptor = spawn_listening(Command::new(&env.workload).args(["accept-loop", "127.0.0.1:5298"]))?;
+    // Each is ended when it goes out of scope, also when a measurement fails.
+    let _iperf_lo =
+        Stopped(Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", "5299"]).stdout(Stdio::null()).spawn()?);
+    let _acceptor = Stopped(spawn_listening(Command::new(&env.workload).args(["accept-loop", "127.0.0.1:5298"]))?);
     let ns = format!("gvbench{}", std::process::id() % 100_000);
     let netns = NetnsGuard::new(&ns)?;
-    let mut iperf_ns = Command::new("ip")
-        .args(["netns", "exec", &ns, "iperf3", "-s", "-B", "10.214.0.2", "-p", "5297"])
-        .stdout(Stdio::null())
-        .spawn()?;
+    let _iperf_ns = Stopped(
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "iperf3", "-s", "-B", "10.214.0.2", "-p", "5297"])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
     std::thread::sleep(Duration::from_millis(500));
     let t = plan.iperf_secs.to_string();
 
@@ -389,6 +472,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
                        goal: &str,
                        allow: &[String],
                        nft: bool,
+                       dns: bool,
                        probe: Probe<'_>|
      -> anyhow::Result<()> {
         let mut c = Comparison {
@@ -400,7 +484,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             baseline: vec![],
             nftables: vec![],
         };
-        let config = env.config(allow, "5297, 5298, 5299", "", "");
+        let config = if dns { env.dns_config(allow) } else { env.config(allow, "5297, 5298, 5299", "", "") };
         for round in 0..plan.rounds {
             // A then B, then (where it applies) nftables: interleaved, so drift hits all alike.
             {
@@ -408,6 +492,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
                 c.governor.push(probe()?);
                 record_programs(&d);
             }
+            env.ensure_detached()?;
             c.baseline.push(probe()?);
             if nft {
                 match nft_load(env, allow) {
@@ -439,6 +524,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 2% lower",
         &small,
         true,
+        false,
         Box::new(|| Ok(tcp_gbits(&iperf(env, &["-c", "127.0.0.1", "-p", "5299", "-t", &t])?))),
     )?;
     compare(
@@ -448,6 +534,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 2% lower",
         &small,
         true,
+        false,
         Box::new(|| Ok(tcp_gbits(&iperf(env, &["-c", "10.214.0.2", "-p", "5297", "-t", &t])?))),
     )?;
     compare(
@@ -457,6 +544,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 5% lower",
         &small,
         true,
+        false,
         Box::new(|| {
             Ok(udp_kpps(&iperf(env, &["-c", "10.214.0.2", "-p", "5297", "-u", "-b", "0", "-l", "64", "-t", &t])?))
         }),
@@ -471,9 +559,41 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             "under 1 µs added at 100,000",
             &allow,
             true,
+            false,
             Box::new(|| {
                 Ok(env.workload(&["connect-loop", "127.0.0.1:5298", &n])?["nanos_per_op"].as_f64().unwrap_or(f64::NAN)
                     / 1e3)
+            }),
+        )?;
+    }
+    // A host name: each lookup goes through the proxy, which admits the answer before the agent
+    // sees it, so the connect right after it must never be refused (the run fails if one is).
+    {
+        let _resolver = Stopped(spawn_listening(Command::new(&env.workload).args([
+            "dns-serve",
+            BENCH_RESOLVER,
+            BENCH_NAME,
+            "127.0.9.9",
+        ]))?);
+        let _named = Stopped(spawn_listening(Command::new(&env.workload).args(["accept-loop", "127.0.9.9:5298"]))?);
+        let n = (plan.connects / 10).max(100).to_string();
+        compare(
+            "DNS lookup through the proxy + first connect to the answer",
+            "µs",
+            true,
+            "the first connect after an answer is never refused",
+            &small,
+            false,
+            true,
+            Box::new(|| {
+                let out = env.workload(&["resolve-connect", BENCH_RESOLVER, BENCH_NAME, "5298", &n])?;
+                if out["eperm"].as_u64() != Some(0) {
+                    bail!(
+                        "lookup and connect failed: {out}\n{}",
+                        std::fs::read_to_string(env.dir.join("daemon.log")).unwrap_or_default()
+                    );
+                }
+                Ok(out["nanos_per_op"].as_f64().unwrap_or(f64::NAN) / 1e3)
             }),
         )?;
     }
@@ -547,7 +667,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
     }
     {
         let mut text = format!(
-            "[daemon]\nagents_root = {:?}\nsocket = \"{}/governor.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"{}/state\"\naudit_log = \"{}/audit.jsonl\"\n",
+            "[daemon]\nagents_root = {:?}\nsocket = \"{}/governor.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"{}/state\"\naudit_log = \"{}/audit.jsonl\"\non_daemon_exit = \"detach\"\n",
             env.rel,
             env.dir.display(),
             env.dir.display(),
@@ -623,10 +743,6 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             "no drops at 100,000 deny events per second".into(),
         ));
     }
-    let _ = iperf_lo.kill();
-    let _ = acceptor.kill();
-    let _ = iperf_ns.kill();
-    let _ = (iperf_lo.wait(), acceptor.wait(), iperf_ns.wait());
     drop(netns);
     Ok((comparisons, singles, program_ns.into_iter().collect()))
 }
@@ -669,6 +785,7 @@ fn report(
     comparisons: Vec<Comparison>,
     singles: Singles,
     programs: Vec<(String, Vec<f64>)>,
+    micro: &[Micro],
     took: Duration,
 ) -> anyhow::Result<()> {
     let uname = Command::new("uname")
@@ -753,6 +870,22 @@ fn report(
             s["max"].as_f64().unwrap_or(0.0)
         );
     }
+    let _ = writeln!(
+        md,
+        "\nUser-space hot paths (criterion, `governor-userspace/benches/hot_paths.rs`): median time per iteration\nwith its 95% confidence interval.\n\n| path | median | interval |\n|---|---|---|"
+    );
+    let time = |ns: f64| {
+        if ns >= 1e6 {
+            format!("{:.2} ms", ns / 1e6)
+        } else if ns >= 1e3 {
+            format!("{:.2} µs", ns / 1e3)
+        } else {
+            format!("{ns:.0} ns")
+        }
+    };
+    for m in micro {
+        let _ = writeln!(md, "| {} | {} | {}–{} |", m.name, time(m.median_ns), time(m.low_ns), time(m.high_ns));
+    }
     let dir = workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("REPORT.md"), &md)?;
@@ -760,8 +893,12 @@ fn report(
         programs.iter().map(|(n, v)| json!({ "program": n, "ns_per_run": stats(v) })).collect();
     let singles_json: Vec<Value> =
         singles.iter().map(|(m, r, g)| json!({ "measure": m, "result": r, "goal": g })).collect();
+    let micro_json: Vec<Value> = micro
+        .iter()
+        .map(|m| json!({ "path": m.name, "median_ns": m.median_ns, "low_ns": m.low_ns, "high_ns": m.high_ns }))
+        .collect();
     let report = json!({ "date": date, "mode": if quick { "quick" } else { "full" }, "kernel": uname, "cpus": cpus, "cpu_model": model,
-        "comparisons": json_rows, "results": singles_json, "programs": programs_json });
+        "comparisons": json_rows, "results": singles_json, "programs": programs_json, "microbenchmarks": micro_json });
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     print!("{md}");
     eprintln!("xtask: wrote bench/REPORT.md and bench/report.json");

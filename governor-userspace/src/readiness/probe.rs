@@ -119,23 +119,25 @@ fn resolver(ip: Ipv4Addr, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `governor probe-resolve NAME RESOLVER`: asks RESOLVER:53 for NAME's A records over a
-/// connected UDP socket, as a stub resolver does, and prints the addresses. Exit 0 with at
+/// Asks `resolver`:53 for `name`'s A records over a connected UDP socket, as a stub resolver
+/// does; the addresses of the answer (through CNAMEs). EPERM if the kernel refuses the query.
+pub fn resolve_a(name: &str, resolver: IpAddr) -> std::io::Result<Vec<IpAddr>> {
+    let sock = UdpSocket::bind(if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+    sock.connect((resolver, governor_common::DNS_PORT))?;
+    let query = crate::dns::message::query_for(name, hickory_proto::rr::RecordType::A);
+    sock.send(&query)?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf)?;
+    let q = crate::dns::message::question(&query).map_err(std::io::Error::other)?;
+    let a = crate::dns::message::answer(&buf[..n], &q).map_err(std::io::Error::other)?;
+    Ok(a.addresses(&q.name).into_iter().map(|(ip, _)| ip).collect())
+}
+
+/// `governor probe-resolve NAME RESOLVER`: `resolve_a`, printing the addresses. Exit 0 with at
 /// least one address, 2 refused with EPERM, 1 anything else.
 pub fn resolve_command(name: &str, resolver: IpAddr) -> i32 {
-    let run = || -> std::io::Result<Vec<IpAddr>> {
-        let sock = UdpSocket::bind(if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
-        sock.connect((resolver, governor_common::DNS_PORT))?;
-        let query = crate::dns::message::query_for(name, hickory_proto::rr::RecordType::A);
-        sock.send(&query)?;
-        let mut buf = [0u8; 1500];
-        let n = sock.recv(&mut buf)?;
-        let q = crate::dns::message::question(&query).map_err(std::io::Error::other)?;
-        let a = crate::dns::message::answer(&buf[..n], &q).map_err(std::io::Error::other)?;
-        Ok(a.addresses(&q.name).into_iter().map(|(ip, _)| ip).collect())
-    };
-    match run() {
+    match resolve_a(name, resolver) {
         Ok(addrs) if !addrs.is_empty() => {
             for a in addrs {
                 println!("{a}");

@@ -23,6 +23,13 @@
 //!                                           reports how many the kernel let through (as bytes;
 //!                                           ECONNABORTED at suspension included) and how many
 //!                                           got EPERM
+//!   governor-workload dns-serve IP NAME ANSWER
+//!                                           a DNS server on IP:53 answering NAME with ANSWER;
+//!                                           prints "listening", serves until killed
+//!   governor-workload resolve-connect RESOLVER NAME PORT N
+//!                                           N times: ask RESOLVER:53 for NAME over UDP, then at
+//!                                           once connect to the answer's address:PORT; reports
+//!                                           nanoseconds per lookup+connect and refused connects
 //!
 //! GOVERNOR_WORKLOAD_TIMEOUT_MS bounds each socket read, write and connect (default 10000).
 
@@ -55,6 +62,13 @@ fn main() -> ExitCode {
         ["scan", n, port] => scan(n.parse().expect("count"), port.parse().expect("port")),
         ["connect-loop", addr, n] => parse(addr).and_then(|a| connect_loop(a, n.parse().expect("count"))),
         ["connect-many", addr, n] => parse(addr).and_then(|a| connect_many(a, n.parse().expect("count"))),
+        ["dns-serve", ip, name, answer] => dns_serve(ip.parse().expect("IPv4"), name, answer.parse().expect("IPv4")),
+        ["resolve-connect", resolver, name, port, n] => resolve_connect(
+            resolver.parse().expect("resolver IP"),
+            name,
+            port.parse().expect("port"),
+            n.parse().expect("count"),
+        ),
         _ => {
             eprintln!("usage: governor-workload connect|udp-send|send|recv ADDR [N]");
             return ExitCode::from(64);
@@ -192,6 +206,34 @@ fn connect_loop(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
             Ok(s) => {
                 reset_on_close(&s);
             }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    let nanos = started.elapsed().as_nanos() as u64;
+    Ok(Done { bytes: n - refused, eperm: refused, nanos_per_op: nanos / n.max(1), ..Done::default() })
+}
+
+fn dns_serve(ip: std::net::Ipv4Addr, name: &str, answer: std::net::Ipv4Addr) -> std::io::Result<Done> {
+    use governor_tests::dns::{DnsServer, Rr};
+    let _server = DnsServer::start(ip, &[(name, Rr::A(answer, 60))]);
+    println!("listening");
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn resolve_connect(resolver: std::net::IpAddr, name: &str, port: u16, n: u64) -> std::io::Result<Done> {
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..n {
+        let addrs = governor::readiness::probe::resolve_a(name, resolver)?;
+        let Some(ip) = addrs.first() else {
+            return Err(std::io::Error::other(format!("{name}: no address in the answer")));
+        };
+        match TcpStream::connect(SocketAddr::new(*ip, port)) {
+            Ok(s) => reset_on_close(&s),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
             Err(e) => return Err(e),
         }
