@@ -44,6 +44,7 @@ pub fn with_resolver(cgroup: &Path, dir: &Path, resolver: Ipv4Addr, program: &[&
 #[derive(Clone, Debug)]
 pub enum Rr {
     A(Ipv4Addr, u32),
+    Aaaa(std::net::Ipv6Addr, u32),
     Cname(String),
     /// Over UDP the answer is empty with TC set; over TCP it is this address.
     TruncatedA(Ipv4Addr),
@@ -148,6 +149,10 @@ fn respond(zone: &HashMap<String, Rr>, query: &[u8], tcp: bool) -> Option<Vec<u8
             }
             Some(Rr::A(ip, ttl)) if question.query_type() == RecordType::A => {
                 r.answers.push(Record::from_rdata(owner, *ttl, RData::A(rdata::A(*ip))));
+                break;
+            }
+            Some(Rr::Aaaa(ip, ttl)) if question.query_type() == RecordType::AAAA => {
+                r.answers.push(Record::from_rdata(owner, *ttl, RData::AAAA(rdata::AAAA(*ip))));
                 break;
             }
             Some(Rr::TruncatedA(ip)) if question.query_type() == RecordType::A => {

@@ -50,6 +50,7 @@ fn allowed_names_are_admitted_before_the_agent_sees_the_answer() {
             ("edge.cdn.test", Rr::A(Ipv4Addr::new(127, 0, 0, 2), 60)),
             ("evil.test", Rr::A(Ipv4Addr::new(127, 0, 0, 3), 60)),
             ("big.allowed.test", Rr::TruncatedA(Ipv4Addr::new(127, 0, 0, 6))),
+            ("v6.allowed.test", Rr::Aaaa(std::net::Ipv6Addr::LOCALHOST, 60)),
         ],
     );
     let mut daemon = Daemon::start(&root, &config(http.port, resolver, ""));
@@ -65,6 +66,10 @@ fn allowed_names_are_admitted_before_the_agent_sees_the_answer() {
         let out = curl(&agent, dir.path(), resolver, &url(host));
         assert!(out.status.success(), "{host}: {out:?}\n{}", daemon.log());
     }
+    // An AAAA answer admits the IPv6 address (the server listens dual-stack): not allowed before.
+    assert!(workload(Some(&agent), &["connect", &http.addr("::1")]).eperm());
+    let out = curl(&agent, dir.path(), resolver, &format!("http://v6.allowed.test:{}/", http.port));
+    assert!(out.status.success(), "v6: {out:?}");
     // Resolved but not allowed: curl's connect is refused (exit 7), not its lookup (exit 6).
     for host in ["evil.test", "allowed.test"] {
         let out = curl(&agent, dir.path(), resolver, &url(host));

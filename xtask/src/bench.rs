@@ -140,6 +140,9 @@ impl Env {
 
     /// Starts the daemon with `config` and waits for its socket.
     fn start(&self, config: &Path) -> anyhow::Result<Daemon> {
+        // Fresh maps each time: rounds stay independent, and a large allowlist is not installed
+        // beside the previous daemon's (a new generation needs room for both).
+        let _ = std::fs::remove_dir_all(self.pins());
         let _ = std::fs::remove_dir_all(self.dir.join("state"));
         let _ = std::fs::remove_file(self.dir.join("audit.jsonl"));
         let log = std::fs::File::create(self.dir.join("daemon.log"))?;
@@ -473,6 +476,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
                        allow: &[String],
                        nft: bool,
                        dns: bool,
+                       connect_only: bool,
                        probe: Probe<'_>|
      -> anyhow::Result<()> {
         let mut c = Comparison {
@@ -484,7 +488,17 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             baseline: vec![],
             nftables: vec![],
         };
-        let config = if dns { env.dns_config(allow) } else { env.config(allow, "5297, 5298, 5299", "", "") };
+        let config = if dns {
+            env.dns_config(allow)
+        } else if connect_only {
+            // One map entry per address (TCP to the accept loop), so "N entries" is N in the trie.
+            let path = env.config(allow, "5298", "", "");
+            let text = std::fs::read_to_string(&path)?.replace("protocol = \"any\"", "protocol = \"tcp\"");
+            std::fs::write(&path, text)?;
+            path
+        } else {
+            env.config(allow, "5297, 5298, 5299", "", "")
+        };
         for round in 0..plan.rounds {
             // A then B, then (where it applies) nftables: interleaved, so drift hits all alike.
             {
@@ -525,6 +539,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         &small,
         true,
         false,
+        false,
         Box::new(|| Ok(tcp_gbits(&iperf(env, &["-c", "127.0.0.1", "-p", "5299", "-t", &t])?))),
     )?;
     compare(
@@ -535,6 +550,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         &small,
         true,
         false,
+        false,
         Box::new(|| Ok(tcp_gbits(&iperf(env, &["-c", "10.214.0.2", "-p", "5297", "-t", &t])?))),
     )?;
     compare(
@@ -544,6 +560,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 5% lower",
         &small,
         true,
+        false,
         false,
         Box::new(|| {
             Ok(udp_kpps(&iperf(env, &["-c", "10.214.0.2", "-p", "5297", "-u", "-b", "0", "-l", "64", "-t", &t])?))
@@ -560,6 +577,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             &allow,
             true,
             false,
+            true,
             Box::new(|| {
                 Ok(env.workload(&["connect-loop", "127.0.0.1:5298", &n])?["nanos_per_op"].as_f64().unwrap_or(f64::NAN)
                     / 1e3)
@@ -585,6 +603,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             &small,
             false,
             true,
+            false,
             Box::new(|| {
                 let out = env.workload(&["resolve-connect", BENCH_RESOLVER, BENCH_NAME, "5298", &n])?;
                 if out["eperm"].as_u64() != Some(0) {

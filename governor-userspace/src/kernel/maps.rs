@@ -217,25 +217,25 @@ impl KernelMaps {
 
     /// Every entry admitted from DNS (a previous daemon's, when adopting pinned maps).
     pub fn dynamic_rules(&self) -> Vec<DynamicRule> {
-        let v4 = self.allow_v4.iter().filter_map(Result::ok).filter(|(_, r)| r.last_use_s != 0).map(|(k, r)| {
-            let d = k.data();
-            DynamicRule {
-                rule_id: u32::from_be_bytes(d.agent_id),
+        let v4 = self
+            .allow_v4
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, r)| (k.data().agent_id, IpAddr::from(k.data().addr), r));
+        let v6 = self
+            .allow_v6
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, r)| (k.data().agent_id, IpAddr::from(k.data().addr), r));
+        v4.chain(v6)
+            .filter(|(_, _, r)| r.last_use_s != 0)
+            .map(|(id, addr, r)| DynamicRule {
+                rule_id: u32::from_be_bytes(id),
                 endpoint_id: r.endpoint_id,
-                addr: IpAddr::from(d.addr),
+                addr,
                 last_use_s: r.last_use_s,
-            }
-        });
-        let v6 = self.allow_v6.iter().filter_map(Result::ok).filter(|(_, r)| r.last_use_s != 0).map(|(k, r)| {
-            let d = k.data();
-            DynamicRule {
-                rule_id: u32::from_be_bytes(d.agent_id),
-                endpoint_id: r.endpoint_id,
-                addr: IpAddr::from(d.addr),
-                last_use_s: r.last_use_s,
-            }
-        });
-        v4.chain(v6).collect()
+            })
+            .collect()
     }
 
     /// Inserts every rule of `agents` and the addresses DNS admitted for them (a new policy
