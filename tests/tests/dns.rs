@@ -87,6 +87,8 @@ fn allowed_names_are_admitted_before_the_agent_sees_the_answer() {
     assert_eq!(status["dns"]["resolvers"][0], "127.53.0.1", "{}", status["dns"]);
     let q = &status["dns"]["queries"]["a1"];
     assert!(q["admitted"].as_u64().unwrap_or(0) >= 4 && q["not-allowed"].as_u64().unwrap_or(0) >= 2, "{q}");
+    let table = daemon.status_table();
+    assert!(table.contains("dns: resolvers 127.53.0.1 via proxy port") && table.contains("admitted"), "{table}");
     let metrics = daemon.metrics();
     assert!(metrics.contains("governor_dns_queries_total{agent=\"a1\",result=\"admitted\"}"), "{metrics}");
     assert!(metrics.contains("governor_dns_cache_addresses"), "{metrics}");

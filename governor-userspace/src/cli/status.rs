@@ -86,6 +86,21 @@ pub fn table(s: &Status) -> String {
         s.notifications.failed,
         s.notifications.pending
     );
+    let d = &s.dns;
+    let count = |result: &str| d.queries.values().filter_map(|r| r.get(result)).sum::<u64>();
+    let _ = writeln!(
+        out,
+        "dns: resolvers {} via proxy port {}; queries {} admitted, {} not allowed, {} servfail; cache {} of {} names, {} addresses, {} evicted",
+        if d.resolvers.is_empty() { "none (agents' DNS is refused)".to_owned() } else { d.resolvers.join(", ") },
+        d.proxy_port,
+        count("admitted"),
+        count("not-allowed"),
+        count("servfail"),
+        d.cache.names,
+        d.cache.max_names,
+        d.cache.addresses,
+        d.cache.evictions
+    );
     out
 }
 
