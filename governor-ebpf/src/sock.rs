@@ -22,10 +22,6 @@ const SOCK_DGRAM: u32 = 2;
 /// The verdict on a new IPv4/IPv6 socket (the hook runs for those families only).
 #[inline(always)]
 pub fn create(ctx: &SockContext) -> i32 {
-    let agent = agent::of_current_task();
-    if agent.agent_id == NO_AGENT {
-        return 1;
-    }
     let sk = ctx.sock;
     // SAFETY: 32-bit context reads.
     let (family, kind, protocol) = unsafe {
@@ -38,7 +34,13 @@ pub fn create(ctx: &SockContext) -> i32 {
     let inet = family == u32::from(AF_INET) || family == u32::from(AF_INET6);
     let tcp = kind == SOCK_STREAM && (protocol == 0 || protocol == u32::from(IPPROTO_TCP));
     let udp = kind == SOCK_DGRAM && (protocol == 0 || protocol == u32::from(IPPROTO_UDP));
+    // TCP and UDP are for everyone: decided before the agent lookup, so the common socket
+    // costs no map lookup here.
     if !inet || tcp || udp {
+        return 1;
+    }
+    let agent = agent::of_current_task();
+    if agent.agent_id == NO_AGENT {
         return 1;
     }
     let enforce = agent.mode == MODE_ENFORCE;
