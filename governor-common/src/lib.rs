@@ -116,6 +116,9 @@ pub const SLOTS: u32 = MAX_AGENTS + 1;
 pub const CONTROL_ENFORCE_CEILING: u32 = 1;
 /// `Control::flags`: paused by an operator or a checkpoint: refuse connects, drop packets.
 pub const CONTROL_PAUSED: u32 = 2;
+/// `Control::flags`: some endpoint of this agent has its own limits (`ENDPOINT_LIMITS`); without
+/// it connects skip that lookup.
+pub const CONTROL_ENDPOINT_LIMITS: u32 = 4;
 
 /// `DenyEvent::verdict`: the call failed with EPERM.
 pub const VERDICT_DENIED: u8 = 1;

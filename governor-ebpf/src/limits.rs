@@ -6,7 +6,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use governor_common::{EndpointLimits, EndpointUse, StatsKey};
+use governor_common::{CONTROL_ENDPOINT_LIMITS, EndpointLimits, EndpointUse, StatsKey};
 
 use crate::maps::{CONTROL, ENDPOINT_LIMITS, ENDPOINT_USE, SPEND};
 
@@ -104,9 +104,13 @@ pub fn release(slot: u32) {
 pub const NO_ENDPOINT_LIMITS: EndpointLimits =
     EndpointLimits { rate_interval_ns: 0, rate_tolerance_ns: 0, max_concurrent: 0 };
 
-/// The (agent, endpoint)'s limits, all 0 when it has none.
+/// The (agent, endpoint)'s limits, all 0 when it has none. The hash is only consulted for
+/// agents the daemon marked as having endpoint limits (`CONTROL_ENDPOINT_LIMITS` on the slot).
 #[inline(always)]
-pub fn of_endpoint(key: &StatsKey) -> EndpointLimits {
+pub fn of_endpoint(slot: u32, key: &StatsKey) -> EndpointLimits {
+    if !CONTROL.get(slot).is_some_and(|c| c.flags & CONTROL_ENDPOINT_LIMITS != 0) {
+        return NO_ENDPOINT_LIMITS;
+    }
     // SAFETY: copied out at once.
     match unsafe { ENDPOINT_LIMITS.get(key) } {
         Some(l) => *l,

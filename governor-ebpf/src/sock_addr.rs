@@ -1,8 +1,11 @@
 //! connect() and sendmsg() verdicts: match the destination against the calling agent's
 //! allowlist, then charge the connection's price to its budget.
 //!
-//! Two LPM lookups at most (the exact port, then "any port"), one counter update, and an event
-//! only when the verdict is not allow. Processes that are not in an agent pass untouched.
+//! Per call: the agent (one hash lookup), at most two LPM lookups (the exact port, then "any
+//! port"), the slot's budget and limits (array entries, inlined), the endpoint's own limits only
+//! for agents the daemon marked as having some, the socket's tag, one counter update, and an
+//! event only when the verdict is not allow. Port 53 takes the DNS path instead (one hash
+//! lookup of the resolver). Processes that are not in an agent pass untouched.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
@@ -103,7 +106,7 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         return ALLOW;
     }
     // The endpoint's own limits for this agent, if it has any (`[[endpoint]] limits`).
-    let ep = if same_flow { limits::NO_ENDPOINT_LIMITS } else { limits::of_endpoint(&key) };
+    let ep = if same_flow { limits::NO_ENDPOINT_LIMITS } else { limits::of_endpoint(agent.slot, &key) };
     let undo = |reason: u8| {
         if take_place {
             limits::release(agent.slot);

@@ -110,7 +110,9 @@ impl AgentTable {
     ) -> Result<Vec<String>, AgentsError> {
         let Rules { policy, admitted } = rules;
         maps.insert_rules(&policy.agents, admitted)?;
-        if let Err(e) = maps.set_endpoint_limits(&policy.endpoint_limits()) {
+        let endpoint_limits = policy.endpoint_limits();
+        let limited: std::collections::HashSet<u32> = endpoint_limits.iter().map(|(k, _)| k.agent_id).collect();
+        if let Err(e) = maps.set_endpoint_limits(&endpoint_limits) {
             maps.remove_rules(&policy.agents, admitted);
             return Err(e.into());
         }
@@ -118,7 +120,7 @@ impl AgentTable {
         for a in &policy.agents {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
             books.set_checkpoints(&a.name, a.checkpoints.clone());
-            books.set_limits(&a.name, a.limits, maps)?;
+            books.set_limits(&a.name, a.limits, limited.contains(&a.id), maps)?;
             let cgroup_id = root.ensure_agent(&a.cgroup)?;
             let agent = Agent {
                 id: a.id,

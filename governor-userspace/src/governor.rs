@@ -427,6 +427,11 @@ impl Governor {
         let host_egress = self.host_egress(&core.maps.host_egress()?);
         let endpoint_live = core.maps.endpoint_live();
         let policy = self.policy();
+        // Built once: the per-(agent, endpoint) rows below look these up by key.
+        let limited: std::collections::HashMap<u32, crate::policy::Limits> =
+            policy.endpoints.iter().filter(|e| !e.limits.is_none()).map(|e| (e.id, e.limits)).collect();
+        let compiled: std::collections::HashMap<u32, &crate::policy::CompiledAgent> =
+            policy.agents.iter().map(|p| (p.id, p)).collect();
 
         let mut by_agent: BTreeMap<u32, Vec<(u32, AgentCounters)>> = BTreeMap::new();
         for (key, c) in counters {
@@ -445,12 +450,10 @@ impl Governor {
                     .map(|(ep, c)| {
                         totals.add(c);
                         let spend = cost(c, &self.endpoint_prices(*ep));
-                        let limits = policy
-                            .endpoints
-                            .iter()
-                            .find(|e| e.id == *ep && !e.limits.is_none())
-                            .filter(|_| policy.agents.iter().any(|p| p.id == a.id && p.endpoints.contains(ep)))
-                            .map(|e| e.limits);
+                        let limits = limited
+                            .get(ep)
+                            .filter(|_| compiled.get(&a.id).is_some_and(|p| p.endpoints.contains(ep)))
+                            .copied();
                         let key = governor_common::StatsKey { agent_id: a.id, endpoint_id: *ep };
                         EndpointStatus {
                             endpoint: self.endpoint_name(*ep),

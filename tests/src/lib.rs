@@ -591,7 +591,8 @@ fn wait_all_acked(conn: &TcpStream) {
     }
 }
 
-fn write_n(conn: &mut TcpStream, n: u64) -> std::io::Result<()> {
+/// Writes `n` bytes to `conn` in 64 KiB chunks.
+pub fn write_n(conn: &mut TcpStream, n: u64) -> std::io::Result<()> {
     let chunk = vec![0xa5u8; 64 * 1024];
     let mut left = n;
     while left > 0 {

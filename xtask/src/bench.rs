@@ -72,6 +72,17 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// The bench's own cgroups, daemon configs and pins; removed on drop.
+/// What the bench agent's allowlist is shaped for.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Every bench port, TCP and UDP: the throughput comparisons.
+    Traffic,
+    /// TCP to the accept loop only: one map entry per address, so "N entries" is N in the trie.
+    Connect,
+    /// Traffic, plus `BENCH_NAME` in hosts and `BENCH_RESOLVER` as the only resolver.
+    Dns,
+}
+
 /// The bench's own resolver and name, for the DNS measurement (outside 127.64.0.0/10, where
 /// the proxy's addresses are).
 const BENCH_RESOLVER: &str = "127.53.77.1";
@@ -112,15 +123,23 @@ impl Env {
         path
     }
 
-    /// `config` with the bench endpoint also naming `BENCH_NAME`, and `BENCH_RESOLVER` as the
-    /// only resolver.
-    fn dns_config(&self, allow: &[String]) -> PathBuf {
-        let path = self.config(allow, "5297, 5298, 5299", &format!("[dns]\nresolvers = [\"{BENCH_RESOLVER}\"]"), "");
-        let text = std::fs::read_to_string(&path)
-            .expect("bench config")
-            .replace("protocol = \"any\"", &format!("protocol = \"any\"\nhosts = [\"{BENCH_NAME}\"]"));
-        std::fs::write(&path, text).expect("write bench config");
-        path
+    /// The bench agent's config for a comparison of `shape`.
+    fn shaped_config(&self, allow: &[String], shape: Shape) -> anyhow::Result<PathBuf> {
+        let (ports, protocol, extra_daemon, hosts) = match shape {
+            Shape::Traffic => ("5297, 5298, 5299", "any", String::new(), String::new()),
+            Shape::Connect => ("5298", "tcp", String::new(), String::new()),
+            Shape::Dns => (
+                "5297, 5298, 5299",
+                "any",
+                format!("[dns]\nresolvers = [\"{BENCH_RESOLVER}\"]"),
+                format!("\nhosts = [\"{BENCH_NAME}\"]"),
+            ),
+        };
+        let path = self.config(allow, ports, &extra_daemon, "");
+        let text =
+            std::fs::read_to_string(&path)?.replace("protocol = \"any\"", &format!("protocol = \"{protocol}\"{hosts}"));
+        std::fs::write(&path, text)?;
+        Ok(path)
     }
 
     /// The baseline must run with no program attached: the daemons here detach on a clean stop
@@ -475,8 +494,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
                        goal: &str,
                        allow: &[String],
                        nft: bool,
-                       dns: bool,
-                       connect_only: bool,
+                       shape: Shape,
                        probe: Probe<'_>|
      -> anyhow::Result<()> {
         let mut c = Comparison {
@@ -488,17 +506,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             baseline: vec![],
             nftables: vec![],
         };
-        let config = if dns {
-            env.dns_config(allow)
-        } else if connect_only {
-            // One map entry per address (TCP to the accept loop), so "N entries" is N in the trie.
-            let path = env.config(allow, "5298", "", "");
-            let text = std::fs::read_to_string(&path)?.replace("protocol = \"any\"", "protocol = \"tcp\"");
-            std::fs::write(&path, text)?;
-            path
-        } else {
-            env.config(allow, "5297, 5298, 5299", "", "")
-        };
+        let config = env.shaped_config(allow, shape)?;
         for round in 0..plan.rounds {
             // A then B, then (where it applies) nftables: interleaved, so drift hits all alike.
             {
@@ -538,8 +546,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 2% lower",
         &small,
         true,
-        false,
-        false,
+        Shape::Traffic,
         Box::new(|| Ok(tcp_gbits(&iperf(env, &["-c", "127.0.0.1", "-p", "5299", "-t", &t])?))),
     )?;
     compare(
@@ -549,8 +556,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 2% lower",
         &small,
         true,
-        false,
-        false,
+        Shape::Traffic,
         Box::new(|| Ok(tcp_gbits(&iperf(env, &["-c", "10.214.0.2", "-p", "5297", "-t", &t])?))),
     )?;
     compare(
@@ -560,8 +566,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
         "at most 5% lower",
         &small,
         true,
-        false,
-        false,
+        Shape::Traffic,
         Box::new(|| {
             Ok(udp_kpps(&iperf(env, &["-c", "10.214.0.2", "-p", "5297", "-u", "-b", "0", "-l", "64", "-t", &t])?))
         }),
@@ -576,8 +581,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             "under 1 µs added at 100,000",
             &allow,
             true,
-            false,
-            true,
+            Shape::Connect,
             Box::new(|| {
                 Ok(env.workload(&["connect-loop", "127.0.0.1:5298", &n])?["nanos_per_op"].as_f64().unwrap_or(f64::NAN)
                     / 1e3)
@@ -602,8 +606,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles, 
             "the first connect after an answer is never refused",
             &small,
             false,
-            true,
-            false,
+            Shape::Dns,
             Box::new(|| {
                 let out = env.workload(&["resolve-connect", BENCH_RESOLVER, BENCH_NAME, "5298", &n])?;
                 if out["eperm"].as_u64() != Some(0) {

@@ -40,6 +40,8 @@ pub struct Account {
     pub checkpoints: CheckpointSpec,
     pub marks: Marks,
     pub limits: crate::policy::Limits,
+    /// Some endpoint in its allowlist has limits of its own (`CONTROL_ENDPOINT_LIMITS`).
+    pub endpoint_limits: bool,
 }
 
 impl Account {
@@ -48,6 +50,9 @@ impl Account {
         let mut c = self.ledger.control(&self.spec);
         if self.paused.is_some() {
             c.flags |= CONTROL_PAUSED;
+        }
+        if self.endpoint_limits {
+            c.flags |= governor_common::CONTROL_ENDPOINT_LIMITS;
         }
         (c.rate_interval_ns, c.rate_tolerance_ns) = self.limits.rate_ns();
         c.max_concurrent = self.limits.max_concurrent.unwrap_or(0);
@@ -203,6 +208,7 @@ impl Books {
             checkpoints: CheckpointSpec::default(),
             marks,
             limits: Default::default(),
+            endpoint_limits: false,
         };
         maps.set_control(slot, account.control())?;
         self.accounts.insert(owner.to_owned(), account);
@@ -290,14 +296,18 @@ impl Books {
     }
 
     /// Sets `owner`'s rate and concurrency limits (from the config); the kernel has them at once.
+    /// Sets `owner`'s own limits, and whether any of its endpoints has limits (write those to
+    /// `ENDPOINT_LIMITS` first: the kernel looks there once this is set).
     pub fn set_limits(
         &mut self,
         owner: &str,
         limits: crate::policy::Limits,
+        endpoint_limits: bool,
         maps: &mut KernelMaps,
     ) -> Result<(), KernelError> {
         if let Some(a) = self.accounts.get_mut(owner) {
             a.limits = limits;
+            a.endpoint_limits = endpoint_limits;
             maps.set_control(a.slot, a.control())?;
         }
         Ok(())

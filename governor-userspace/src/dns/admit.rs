@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use governor_common::{ALLOW_KEY_FIXED_BITS, RULE_GENERATION_BIT};
+use governor_common::RULE_GENERATION_BIT;
 
 use super::cache::{Held, NameCache, Released};
 use crate::{
@@ -20,24 +20,15 @@ pub enum Outcome {
     NotAllowed,
 }
 
-/// The entries admitting `addr` under host rule `h` for `agent`, minus any that are the
-/// agent's configured rules (admitting one would overwrite it, and expiring it remove it).
-fn entries(agent: &CompiledAgent, h: &HostRule, addr: IpAddr, now: u32) -> Admitted {
-    let mut a = agent.admission(h, addr, now);
-    let full4 = ALLOW_KEY_FIXED_BITS + 32;
-    let full6 = ALLOW_KEY_FIXED_BITS + 128;
-    a.v4.retain(|e| !agent.rules_v4.iter().any(|r| r.prefix_len == full4 && r.key == e.key));
-    a.v6.retain(|e| !agent.rules_v6.iter().any(|r| r.prefix_len == full6 && r.key == e.key));
-    a
-}
-
 /// The entries of a held (agent, endpoint, address) in `policy`'s generation; empty if the
 /// policy no longer has the agent or an endpoint of that name with host patterns for it.
+/// Keys a configured rule answers are skipped by the kernel maps, not here (see
+/// `KernelMaps::insert_admitted`).
 pub fn held_entries(policy: &Policy, held: &Held, now: u32) -> Admitted {
     let (agent_id, endpoint, addr) = held;
     let Some(agent) = policy.agents.iter().find(|a| a.id == *agent_id) else { return Admitted::default() };
     let Some(h) = agent.hosts.iter().find(|h| h.endpoint == *endpoint) else { return Admitted::default() };
-    entries(agent, h, *addr, now)
+    agent.admission(h, *addr, now)
 }
 
 fn release(maps: &mut KernelMaps, policy: &Policy, released: &Released) {
@@ -62,7 +53,7 @@ pub fn admit(
     let Some(h) = agent.host_rule(name) else { return Ok(Outcome::NotAllowed) };
     let mut all = Admitted::default();
     for (addr, _) in addrs {
-        all.extend(entries(agent, h, *addr, now as u32));
+        all.extend(agent.admission(h, *addr, now as u32));
     }
     maps.insert_admitted(&all)?;
     let released = names.admit(agent_id, name, &h.endpoint, addrs, now);
@@ -91,7 +82,7 @@ pub fn readmit(names: &NameCache, new: &Policy, now: u64) -> Admitted {
         let Some(agent) = new.agents.iter().find(|a| a.id == agent_id) else { continue };
         let Some(h) = allowed_rule(agent, name, &entry.endpoint) else { continue };
         for a in &entry.addrs {
-            out.extend(entries(agent, h, a.addr, now as u32));
+            out.extend(agent.admission(h, a.addr, now as u32));
         }
     }
     out

@@ -143,7 +143,8 @@ impl NameCache {
     }
 
     /// Drops addresses whose time is up: past `until`, and past their last use (as the kernel
-    /// stamped it, `last_use(agent, endpoint, addr)`) plus `grace`.
+    /// stamped it, `last_use(agent, endpoint, addr)`, asked only for addresses past `until`)
+    /// plus `grace`.
     pub fn expire(&mut self, now: u64, last_use: impl Fn(&Held) -> Option<u64>) -> Released {
         let grace = self.lifetimes.grace;
         let mut released = Vec::new();
@@ -152,9 +153,15 @@ impl NameCache {
             let Some(entry) = self.names.peek_mut(&key) else { continue };
             let endpoint = entry.endpoint.clone();
             let mut gone = Vec::new();
-            entry.addrs.retain(|a| {
+            entry.addrs.retain_mut(|a| {
+                // The kernel is asked only once an address's known deadline has passed; a
+                // recent use moves the deadline, so an address in use costs one lookup per grace.
+                if now < a.until {
+                    return true;
+                }
                 let used = last_use(&(key.0, endpoint.clone(), a.addr)).map_or(0, |t| t + grace.as_secs());
-                let keep = now < a.until.max(used);
+                a.until = a.until.max(used);
+                let keep = now < a.until;
                 if !keep {
                     gone.push(a.addr);
                 }

@@ -111,6 +111,7 @@ impl KernelMaps {
     /// Makes `limits` the per (agent, endpoint) limits, removing any others. The state entries
     /// are created beside them and never removed: sockets holding a place give it back there.
     pub fn set_endpoint_limits(&mut self, limits: &[(StatsKey, EndpointLimits)]) -> Result<(), KernelError> {
+        let wanted: HashSet<StatsKey> = limits.iter().map(|(k, _)| *k).collect();
         for (k, v) in limits {
             match self.endpoint_use.insert(k, EndpointUse::default(), BPF_NOEXIST) {
                 Ok(()) => {}
@@ -119,12 +120,8 @@ impl KernelMaps {
             }
             self.endpoint_limits.insert(k, v, 0).map_err(map_err(names::ENDPOINT_LIMITS, "insert"))?;
         }
-        let stale: Vec<StatsKey> = self
-            .endpoint_limits
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !limits.iter().any(|(x, _)| x == k))
-            .collect();
+        let stale: Vec<StatsKey> =
+            self.endpoint_limits.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
         for k in stale {
             let _ = self.endpoint_limits.remove(&k);
         }
@@ -159,39 +156,25 @@ impl KernelMaps {
         Ok(())
     }
 
-    /// Writes entries admitted from a DNS answer (new or refreshed). On failure the ones this
-    /// call added are removed again, and the caller answers SERVFAIL.
+    /// Writes entries admitted from a DNS answer (new or refreshed). An entry whose key a
+    /// configured rule already answers (same agent, protocol and port) is skipped: admitting
+    /// over it would overwrite configuration, and expiring it would remove it. The kernel's
+    /// `last_use_s` (0 for configured rules) is what tells them apart. On failure the entries
+    /// this call added are removed again, and the caller answers SERVFAIL.
     pub fn insert_admitted(&mut self, a: &Admitted) -> Result<(), KernelError> {
-        let mut done = Admitted::default();
-        let result = (|| {
-            for e in &a.v4 {
-                self.allow_v4
-                    .insert(&Key::new(e.prefix_len, e.key), e.rule, 0)
-                    .map_err(map_err(names::ALLOW_V4, "insert"))?;
-                done.v4.push(*e);
-            }
-            for e in &a.v6 {
-                self.allow_v6
-                    .insert(&Key::new(e.prefix_len, e.key), e.rule, 0)
-                    .map_err(map_err(names::ALLOW_V6, "insert"))?;
-                done.v6.push(*e);
-            }
-            Ok(())
-        })();
+        let (mut done4, mut done6) = (Vec::new(), Vec::new());
+        let result = admit_into(&mut self.allow_v4, names::ALLOW_V4, &a.v4, &mut done4)
+            .and_then(|()| admit_into(&mut self.allow_v6, names::ALLOW_V6, &a.v6, &mut done6));
         if result.is_err() {
-            self.remove_admitted(&done);
+            self.remove_admitted(&Admitted { v4: done4, v6: done6 });
         }
         result
     }
 
-    /// Removes admitted entries; ones already gone are fine.
+    /// Removes admitted entries; ones already gone are fine, configured rules are never touched.
     pub fn remove_admitted(&mut self, a: &Admitted) {
-        for e in &a.v4 {
-            let _ = self.allow_v4.remove(&Key::new(e.prefix_len, e.key));
-        }
-        for e in &a.v6 {
-            let _ = self.allow_v6.remove(&Key::new(e.prefix_len, e.key));
-        }
+        unadmit_from(&mut self.allow_v4, &a.v4);
+        unadmit_from(&mut self.allow_v6, &a.v6);
     }
 
     /// When the kernel last let a connect through an admitted entry (0: never since admission).
@@ -259,19 +242,8 @@ impl KernelMaps {
                     done_v6.push(Key::new(r.prefix_len, r.key));
                 }
             }
-            for r in &admitted.v4 {
-                self.allow_v4
-                    .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
-                    .map_err(map_err(names::ALLOW_V4, "insert"))?;
-                done_v4.push(Key::new(r.prefix_len, r.key));
-            }
-            for r in &admitted.v6 {
-                self.allow_v6
-                    .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
-                    .map_err(map_err(names::ALLOW_V6, "insert"))?;
-                done_v6.push(Key::new(r.prefix_len, r.key));
-            }
-            Ok(())
+            // After the configured rules, so an admitted address they already allow is skipped.
+            self.insert_admitted(admitted)
         })();
         if result.is_err() {
             for k in done_v4 {
@@ -428,6 +400,35 @@ impl KernelMaps {
     pub fn events_lost(&self) -> Result<u64, KernelError> {
         let per_cpu = self.events_lost.get(&0, 0).map_err(map_err(names::EVENTS_LOST, "read"))?;
         Ok(per_cpu.iter().sum())
+    }
+}
+
+/// Inserts admitted `entries` whose key no configured rule answers; records what it inserted.
+fn admit_into<K: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, Rule>,
+    name: &'static str,
+    entries: &[Entry<K>],
+    done: &mut Vec<Entry<K>>,
+) -> Result<(), KernelError> {
+    for e in entries {
+        let key = Key::new(e.prefix_len, e.key);
+        if trie.get(&key, 0).is_ok_and(|r| r.last_use_s == 0) {
+            continue;
+        }
+        trie.insert(&key, e.rule, 0).map_err(map_err(name, "insert"))?;
+        done.push(*e);
+    }
+    Ok(())
+}
+
+/// Removes admitted `entries` that are still there as admitted ones (the longest match for a
+/// full-length key is the entry itself when it exists, else a configured prefix, left alone).
+fn unadmit_from<K: aya::Pod>(trie: &mut LpmTrie<MapData, K, Rule>, entries: &[Entry<K>]) {
+    for e in entries {
+        let key = Key::new(e.prefix_len, e.key);
+        if trie.get(&key, 0).is_ok_and(|r| r.last_use_s != 0) {
+            let _ = trie.remove(&key);
+        }
     }
 }
 

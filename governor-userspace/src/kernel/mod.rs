@@ -142,62 +142,51 @@ impl Kernel {
         let root_id = crate::cgroup::cgroup_id(cgroup).unwrap_or(0);
         self.forget_links_of_other_cgroups(root_id);
         for name in SOCK_ADDR_PROGRAMS {
-            let pin = self.pins.link(&link_name(name, root_id));
-            let prog: &mut CgroupSockAddr = self.program(name)?;
-            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
-            if !update_pinned(
-                name,
-                &pin,
-                prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?.as_fd(),
-            )? {
-                let prog: &mut CgroupSockAddr = self.program(name)?;
+            self.program::<CgroupSockAddr>(name)?.load().map_err(program_err(name, "load"))?;
+            self.link(name, root_id, |k| {
+                let prog: &mut CgroupSockAddr = k.program(name)?;
                 // Single: on 5.7+ aya makes a bpf_link, which coexists with other programs anyway.
-                let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|source| KernelError::Program {
-                    name,
-                    op: "attach",
-                    source,
-                })?;
-                let link =
-                    prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
-                pin_new_link(name, link, &pin)?;
-            }
+                let id = prog.attach(&file, CgroupAttachMode::Single).map_err(program_err(name, "attach"))?;
+                fd_link(name, prog.take_link(id).map_err(program_err(name, "take link"))?)
+            })?;
         }
         for name in SOCK_PROGRAMS {
-            let pin = self.pins.link(&link_name(name, root_id));
-            let prog: &mut CgroupSock = self.program(name)?;
-            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
-            let fd = prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?;
-            if !update_pinned(name, &pin, fd.as_fd())? {
-                let prog: &mut CgroupSock = self.program(name)?;
-                let id = prog.attach(&file, CgroupAttachMode::Single).map_err(|source| KernelError::Program {
-                    name,
-                    op: "attach",
-                    source,
-                })?;
-                let link =
-                    prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
-                pin_new_link(name, link, &pin)?;
-            }
+            self.program::<CgroupSock>(name)?.load().map_err(program_err(name, "load"))?;
+            self.link(name, root_id, |k| {
+                let prog: &mut CgroupSock = k.program(name)?;
+                let id = prog.attach(&file, CgroupAttachMode::Single).map_err(program_err(name, "attach"))?;
+                fd_link(name, prog.take_link(id).map_err(program_err(name, "take link"))?)
+            })?;
         }
         for (name, attach_type) in SKB_PROGRAMS {
-            let pin = self.pins.link(&link_name(name, root_id));
-            let prog: &mut CgroupSkb = self.program(name)?;
-            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
-            if !update_pinned(
-                name,
-                &pin,
-                prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?.as_fd(),
-            )? {
-                let prog: &mut CgroupSkb = self.program(name)?;
-                let id = prog
-                    .attach(&file, attach_type, CgroupAttachMode::Single)
-                    .map_err(|source| KernelError::Program { name, op: "attach", source })?;
-                let link =
-                    prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
-                pin_new_link(name, link, &pin)?;
-            }
+            self.program::<CgroupSkb>(name)?.load().map_err(program_err(name, "load"))?;
+            self.link(name, root_id, |k| {
+                let prog: &mut CgroupSkb = k.program(name)?;
+                let id =
+                    prog.attach(&file, attach_type, CgroupAttachMode::Single).map_err(program_err(name, "attach"))?;
+                fd_link(name, prog.take_link(id).map_err(program_err(name, "take link"))?)
+            })?;
         }
         Ok(())
+    }
+
+    /// Puts the loaded program `name` on the agents root (cgroup id `root_id`): the link a
+    /// previous daemon pinned for it is switched to the program atomically; without one,
+    /// `attach` makes a new link, which is pinned.
+    fn link(
+        &mut self,
+        name: &'static str,
+        root_id: u64,
+        attach: impl FnOnce(&mut Self) -> Result<FdLink, KernelError>,
+    ) -> Result<(), KernelError> {
+        let pin = self.pins.link(&link_name(name, root_id));
+        let program = self.ebpf.program(name).ok_or(KernelError::MissingProgram { name })?;
+        let fd = program.fd().map_err(program_err(name, "fd"))?;
+        if update_pinned(name, &pin, fd.as_fd())? {
+            return Ok(());
+        }
+        let link = attach(self)?;
+        pin_link(name, link, &pin)
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, KernelError>
@@ -208,7 +197,7 @@ impl Kernel {
             .program_mut(name)
             .ok_or(KernelError::MissingProgram { name })?
             .try_into()
-            .map_err(|source| KernelError::Program { name, op: "type check", source })
+            .map_err(program_err(name, "type check"))
     }
 
     /// Links pinned for an agents root that has since been removed and recreated are defunct
@@ -231,12 +220,12 @@ impl Kernel {
         let name = programs::TC_EGRESS;
         {
             let prog: &mut SchedClassifier = self.program(name)?;
-            prog.load().map_err(|source| KernelError::Program { name, op: "load", source })?;
+            prog.load().map_err(program_err(name, "load"))?;
         }
         for iface in interfaces {
             let pin = self.pins.link(&format!("{name}@if-{iface}"));
             let prog: &mut SchedClassifier = self.program(name)?;
-            let fd = prog.fd().map_err(|source| KernelError::Program { name, op: "fd", source })?;
+            let fd = prog.fd().map_err(program_err(name, "fd"))?;
             match update_pinned(name, &pin, fd.as_fd()) {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -251,7 +240,7 @@ impl Kernel {
             let id = prog
                 .attach(iface, TcAttachType::Egress)
                 .map_err(|e| KernelError::Interface { name: iface.clone(), message: e.to_string() })?;
-            let link = prog.take_link(id).map_err(|source| KernelError::Program { name, op: "take link", source })?;
+            let link = prog.take_link(id).map_err(program_err(name, "take link"))?;
             match FdLink::try_from(link) {
                 Ok(fd_link) => pin_link(name, fd_link, &pin)?,
                 // Netlink-attached filters (kernels before 6.6) cannot be pinned; they stay
@@ -368,19 +357,21 @@ fn update_pinned(name: &'static str, pin: &Path, program: std::os::fd::BorrowedF
     Ok(true)
 }
 
-/// Pins a link just made by `attach` (every cgroup link here is a bpf_link, so it converts).
-fn pin_new_link<L>(name: &'static str, link: L, pin: &Path) -> Result<(), KernelError>
+/// A link just made by `attach` as an fd link, to pin (every cgroup link here is a bpf_link).
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, KernelError>
 where
     FdLink: TryFrom<L>,
     <FdLink as TryFrom<L>>::Error: std::fmt::Display,
 {
-    let link = FdLink::try_from(link).map_err(|e| KernelError::Link {
+    FdLink::try_from(link).map_err(|e| KernelError::Program {
         name,
-        path: pin.to_owned(),
         op: "convert to fd link",
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    pin_link(name, link, pin)
+        source: aya::programs::ProgramError::IOError(std::io::Error::other(e.to_string())),
+    })
+}
+
+fn program_err(name: &'static str, op: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> KernelError {
+    move |source| KernelError::Program { name, op, source }
 }
 
 fn pin_link(name: &'static str, link: FdLink, pin: &Path) -> Result<(), KernelError> {

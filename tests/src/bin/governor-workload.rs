@@ -127,13 +127,7 @@ fn udp_send(addr: SocketAddr) -> std::io::Result<Done> {
 
 fn send(addr: SocketAddr, n: u64) -> std::io::Result<Done> {
     let mut s = connect(addr)?;
-    let chunk = vec![0x5a_u8; 64 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(chunk.len() as u64) as usize;
-        s.write_all(&chunk[..k])?;
-        left -= k as u64;
-    }
+    governor_tests::write_n(&mut s, n)?;
     s.shutdown(Shutdown::Write)?;
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)?;
