@@ -300,27 +300,11 @@ fn exec_runs_in_the_agent_as_a_user_and_refuses_root() {
     assert!(stdout.starts_with("65534\n") && stdout.contains(&format!("0::/{}/a1", root.relative)), "{stdout}");
 
     let workload = governor_tests::workload_bin();
-    let out = exec(&[
-        "--agent",
-        "a1",
-        "--user",
-        "nobody",
-        "--",
-        workload.to_str().unwrap(),
-        "connect",
-        &other.addr("127.0.0.1"),
-    ]);
+    let connect_as_nobody =
+        |addr: &str| exec(&["--agent", "a1", "--user", "nobody", "--", workload.to_str().unwrap(), "connect", addr]);
+    let out = connect_as_nobody(&other.addr("127.0.0.1"));
     assert_eq!(out.status.code(), Some(2), "governed: the connect is refused: {out:?}");
-    let out = exec(&[
-        "--agent",
-        "a1",
-        "--user",
-        "nobody",
-        "--",
-        workload.to_str().unwrap(),
-        "connect",
-        &sink.addr("127.0.0.1"),
-    ]);
+    let out = connect_as_nobody(&sink.addr("127.0.0.1"));
     assert!(out.status.success(), "{out:?}");
 
     // The agent cannot move itself out of its cgroup.

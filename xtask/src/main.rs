@@ -41,6 +41,10 @@ enum Command {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Run only the measures whose name contains this text (e.g. "connect", "UDP",
+        /// "criterion"); the report is printed, and bench/REPORT.md is left alone.
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
     },
     /// Run the property tests (config parser, policy compiler, ring buffer decoding) at length.
     Fuzz {
@@ -64,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build { release } => build::all(release).map(drop),
         Command::Run { release, args } => run::run(release, &args),
         Command::Test { args } => test::run(&args),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, only),
         Command::Fuzz { cases } => fuzz::run(cases),
     }
 }

@@ -312,8 +312,6 @@ pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
     out
 }
 
-impl Kernel {}
-
 /// A link's pin name: the program and the id of the cgroup it is attached to.
 fn link_name(program: &str, cgroup_id: u64) -> String {
     format!("{program}@cgroup-{cgroup_id}")
