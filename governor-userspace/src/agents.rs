@@ -207,8 +207,11 @@ impl AgentTable {
         }
 
         if self.unlisted == UnlistedAgents::Observe {
+            // A set, not a scan per child: a thousand agents would make a million comparisons
+            // every second.
+            let governed: std::collections::HashSet<String> = self.agents.values().map(|a| a.cgroup.clone()).collect();
             for (name, cgroup_id) in &children {
-                if self.agents.values().any(|a| &a.cgroup == name) {
+                if governed.contains(name) {
                     continue;
                 }
                 let id = name_id(name);

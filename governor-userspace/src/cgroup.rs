@@ -134,11 +134,13 @@ impl AgentsRoot {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.path).map_err(io_err("list agents root", &self.path))? {
             let entry = entry.map_err(io_err("list agents root", &self.path))?;
-            let Ok(meta) = entry.metadata() else { continue }; // removed while listing
-            if meta.is_dir()
+            // Type and inode as the directory listing gives them (kernfs fills both): no stat
+            // per child, which a rescan every second of a thousand agents would feel.
+            let Ok(kind) = entry.file_type() else { continue }; // removed while listing
+            if kind.is_dir()
                 && let Some(name) = entry.file_name().to_str()
             {
-                out.push((name.to_owned(), meta.ino()));
+                out.push((name.to_owned(), std::os::unix::fs::DirEntryExt::ino(&entry)));
             }
         }
         out.sort();

@@ -217,7 +217,7 @@ impl Governor {
         let (notices, checkpoints, saved) = {
             let mut core = self.core();
             let Core { maps, books, agents, .. } = &mut *core;
-            let notices = books.tick(now, maps)?;
+            let notices = books.tick(now, force_save, maps)?;
             let need_counts = books.accounts().any(|a| a.checkpoints.every_connections.is_some());
             let counters = if need_counts { maps.counters()? } else { BTreeMap::new() };
             let connections = |owner: &str| -> u64 {
@@ -225,7 +225,10 @@ impl Governor {
                 counters.iter().filter(|(k, _)| k.agent_id == id).map(|(_, c)| c.allowed).sum()
             };
             let checkpoints = books.checkpoints(now, connections, maps)?;
-            (notices, checkpoints, books.saved(now, Vec::new()))
+            // Copied only when it will be written: with a thousand agents the copy is most of
+            // an idle tick's work.
+            let save = force_save || !notices.is_empty() || !checkpoints.is_empty();
+            (notices, checkpoints, save.then(|| books.saved(now, Vec::new())))
         };
         for (agent, milestone) in &checkpoints {
             tracing::warn!(agent, milestone, "checkpoint reached: paused until `governor ack`");
@@ -236,7 +239,6 @@ impl Governor {
                 let _ = tx.try_send(body);
             }
         }
-        let force_save = force_save || !checkpoints.is_empty();
         let mut queued = Vec::new();
         {
             let mut tally = self.tally();
@@ -254,7 +256,7 @@ impl Governor {
                 queued.push((owner.clone(), notice.clone(), body));
             }
         }
-        if !notices.is_empty() || force_save {
+        if let Some(saved) = saved {
             self.save_state(saved);
         }
         for (owner, notice, mut body) in queued {

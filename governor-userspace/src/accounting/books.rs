@@ -42,6 +42,9 @@ pub struct Account {
     pub limits: crate::policy::Limits,
     /// Some endpoint in its allowlist has limits of its own (`CONTROL_ENDPOINT_LIMITS`).
     pub endpoint_limits: bool,
+    /// What this daemon last wrote to the slot's CONTROL entry (the daemon is its only writer),
+    /// so a tick compares against memory instead of reading the kernel for every account.
+    written: Option<Control>,
 }
 
 impl Account {
@@ -57,6 +60,23 @@ impl Account {
         (c.rate_interval_ns, c.rate_tolerance_ns) = self.limits.rate_ns();
         c.max_concurrent = self.limits.max_concurrent.unwrap_or(0);
         c
+    }
+
+    /// Whether a tick can change anything for this account: a ceiling, a window that rolls or
+    /// slides, or a spend checkpoint. The rest only need their spend for status and the saved
+    /// state.
+    fn watches_spend(&self) -> bool {
+        self.spec.limit.is_some()
+            || !matches!(self.spec.window, Window::Total)
+            || self.checkpoints.every_spend.is_some()
+    }
+
+    /// Writes what the kernel must enforce now to the slot's CONTROL entry.
+    fn write_control(&mut self, maps: &mut KernelMaps) -> Result<(), KernelError> {
+        let c = self.control();
+        maps.set_control(self.slot, c)?;
+        self.written = Some(c);
+        Ok(())
     }
 }
 
@@ -198,7 +218,7 @@ impl Books {
             maps.seed_spend(slot, spent, exhausted)?;
         }
         let (paused, marks) = saved_extra.unwrap_or((None, Marks { spent, time: now, connections: 0 }));
-        let account = Account {
+        let mut account = Account {
             owner: owner.to_owned(),
             slot,
             spec,
@@ -209,8 +229,9 @@ impl Books {
             marks,
             limits: Default::default(),
             endpoint_limits: false,
+            written: None,
         };
-        maps.set_control(slot, account.control())?;
+        account.write_control(maps)?;
         self.accounts.insert(owner.to_owned(), account);
         Ok(slot)
     }
@@ -231,18 +252,23 @@ impl Books {
 
     /// Advances every ledger to `now` against the kernel and writes changed ceilings.
     /// Returns what must be told, by owner.
-    pub fn tick(&mut self, now: i64, maps: &mut KernelMaps) -> Result<Vec<(String, Notice)>, KernelError> {
+    /// `every_account` also reads the spend of accounts a tick cannot change (see
+    /// `watches_spend`); ticks that save the state pass it, the others skip those reads.
+    pub fn tick(
+        &mut self,
+        now: i64,
+        every_account: bool,
+        maps: &mut KernelMaps,
+    ) -> Result<Vec<(String, Notice)>, KernelError> {
         let mut out = Vec::new();
-        for a in self.accounts.values_mut() {
+        for a in self.accounts.values_mut().filter(|a| every_account || a.watches_spend()) {
             let spend = maps.spend(a.slot)?;
             a.spent = spend.spent;
-            let before = a.control();
             for n in a.ledger.tick(&a.spec, now, spend.spent, spend.exhausted_generation) {
                 out.push((a.owner.clone(), n));
             }
-            let after = a.control();
-            if after != before || maps.control(a.slot)? != after {
-                maps.set_control(a.slot, after)?;
+            if a.written != Some(a.control()) {
+                a.write_control(maps)?;
             }
         }
         Ok(out)
@@ -271,7 +297,7 @@ impl Books {
     pub fn pause(&mut self, owner: &str, pause: Pause, maps: &mut KernelMaps) -> Result<bool, KernelError> {
         let Some(a) = self.accounts.get_mut(owner) else { return Ok(false) };
         a.paused = Some(pause);
-        maps.set_control(a.slot, a.control())?;
+        a.write_control(maps)?;
         Ok(true)
     }
 
@@ -291,7 +317,7 @@ impl Books {
         if a.ledger.suspended {
             a.ledger.lift();
         }
-        maps.set_control(a.slot, a.control())?;
+        a.write_control(maps)?;
         Ok(Some(was))
     }
 
@@ -308,7 +334,7 @@ impl Books {
         if let Some(a) = self.accounts.get_mut(owner) {
             a.limits = limits;
             a.endpoint_limits = endpoint_limits;
-            maps.set_control(a.slot, a.control())?;
+            a.write_control(maps)?;
         }
         Ok(())
     }
@@ -347,7 +373,7 @@ impl Books {
             if let Some(m) = milestone {
                 a.marks.connections = conns;
                 a.paused = Some(Pause { kind: "checkpoint".into(), reason: m.clone(), since: now, by: None });
-                maps.set_control(a.slot, a.control())?;
+                a.write_control(maps)?;
                 out.push((a.owner.clone(), m));
             }
         }
