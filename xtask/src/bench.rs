@@ -1,8 +1,10 @@
 //! `cargo xtask bench [--quick]`: what governing costs, measured against no governor in the same
 //! run. Each comparison runs interleaved rounds A (governor attached) and B (none), computes the
 //! ratio pair by pair, and reports median, min and max; nftables doing the same job (per-cgroup
-//! counters and an allowlist set) is run alongside where it applies. Writes bench/REPORT.md and
-//! bench/report.json. All traffic is on loopback or into a network namespace the bench creates.
+//! counters and an allowlist set) and the floor (the daemon with programs that let everything
+//! through, so the hooks' own cost) are run alongside where they apply. Writes bench/REPORT.md
+//! and bench/report.json. All traffic is on loopback or into a network namespace the bench
+//! creates.
 
 use std::{
     fmt::Write as _,
@@ -83,6 +85,8 @@ struct Comparison {
     governor: Vec<f64>,
     baseline: Vec<f64>,
     nftables: Vec<f64>,
+    /// The same daemon with programs that let everything through: what the hooks cost alone.
+    floor: Vec<f64>,
     /// What each program that ran cost in the accounting run.
     programs: Vec<ProgramRuns>,
 }
@@ -144,6 +148,8 @@ struct Env {
     dir: PathBuf,
     workload: PathBuf,
     governor: PathBuf,
+    /// `governor` built with programs that let everything through (`build::floor_governor`).
+    floor: PathBuf,
 }
 
 impl Env {
@@ -212,13 +218,17 @@ impl Env {
 
     /// Starts the daemon with `config` and waits for its socket.
     fn start(&self, config: &Path) -> anyhow::Result<Daemon> {
+        self.launch(&self.governor, config)
+    }
+
+    fn launch(&self, governor: &Path, config: &Path) -> anyhow::Result<Daemon> {
         // Fresh maps each time: rounds stay independent, and a large allowlist is not installed
         // beside the previous daemon's (a new generation needs room for both).
         let _ = std::fs::remove_dir_all(self.pins());
         let _ = std::fs::remove_dir_all(self.dir.join("state"));
         let _ = std::fs::remove_file(self.dir.join("audit.jsonl"));
         let log = std::fs::File::create(self.dir.join("daemon.log"))?;
-        let child = Command::new(&self.governor).args(["run", "--config"]).arg(config).stderr(log).spawn()?;
+        let child = Command::new(governor).args(["run", "--config"]).arg(config).stderr(log).spawn()?;
         let socket = self.dir.join("governor.sock");
         let started = Instant::now();
         let daemon = Daemon { child: Some(child), socket, governor: self.governor.clone(), started };
@@ -458,7 +468,8 @@ pub fn run(quick: bool, only: Option<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(root.join("bench"))?;
     let dir = std::env::temp_dir().join(&rel);
     std::fs::create_dir_all(&dir)?;
-    let env = Env { mount, rel, root, dir, workload, governor };
+    let floor = build::floor_governor()?;
+    let env = Env { mount, rel, root, dir, workload, governor, floor };
     let (comparisons, singles) = {
         let _stats_off = BpfStats::set(false)?;
         measure(&env, &plan)?
@@ -548,7 +559,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
                        lower: bool,
                        goal: &str,
                        allow: &[String],
-                       nft: bool,
+                       alternatives: bool,
                        shape: Shape,
                        probe: Probe<'_>|
      -> anyhow::Result<()> {
@@ -563,6 +574,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             governor: vec![],
             baseline: vec![],
             nftables: vec![],
+            floor: vec![],
             programs: vec![],
         };
         let config = env.shaped_config(allow, shape)?;
@@ -574,8 +586,17 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             c.governor.push(probe()?);
             Ok(())
         };
+        let floor = |c: &mut Comparison| -> anyhow::Result<()> {
+            if !alternatives {
+                return Ok(());
+            }
+            let _d = env.launch(&env.floor, &config)?;
+            std::thread::sleep(Duration::from_millis(300));
+            c.floor.push(probe()?);
+            Ok(())
+        };
         let nftables = |c: &mut Comparison, round: usize| -> anyhow::Result<()> {
-            if !nft {
+            if !alternatives {
                 return Ok(());
             }
             match nft_load(env, allow) {
@@ -590,10 +611,11 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             Ok(())
         };
         for round in 0..plan.rounds {
-            // Interleaved so that drift hits every variant alike, and in mirrored order (A B C,
-            // then C B A) so that a steady drift does not favour whichever runs first.
+            // Interleaved so that drift hits every variant alike, and in mirrored order (A D B C,
+            // then C B D A) so that a steady drift does not favour whichever runs first.
             if round % 2 == 0 {
                 governed(&mut c)?;
+                floor(&mut c)?;
                 env.ensure_detached()?;
                 c.baseline.push(probe()?);
                 nftables(&mut c, round)?;
@@ -601,8 +623,10 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
                 env.ensure_detached()?;
                 nftables(&mut c, round)?;
                 c.baseline.push(probe()?);
+                floor(&mut c)?;
                 governed(&mut c)?;
             }
+            env.ensure_detached()?;
             eprintln!(
                 "xtask: {name} round {}/{}: governor {:.3} none {:.3} {unit}",
                 round + 1,
@@ -936,9 +960,10 @@ fn report(
     let mut md = format!(
         "# governor benchmark report\n\n{date}, {} mode, {} rounds per comparison, {:.0} s in all.\nMachine: {cpus} CPUs ({model}), kernel {uname}.\n\n\
          Each comparison interleaves rounds: governor attached (A), no governor (B), and where it applies nftables doing\n\
-         the same job (per-cgroup counters and an allowlist set, C). Figures are medians (min–max); the ratio is taken\n\
-         round by round (A/B, C/B) and its median reported.\n\n\
-         | measure | governor | no governor | ratio A/B | nftables | ratio C/B | goal |\n|---|---|---|---|---|---|---|\n",
+         the same job (per-cgroup counters and an allowlist set, C) and the floor (D): the same daemon with programs that\n\
+         let everything through at once, which is what attaching the hooks costs by itself. Figures are medians\n\
+         (min–max); the ratio is taken round by round (A/B, C/B, D/B) and its median reported.\n\n\
+         | measure | governor | no governor | ratio A/B | nftables | ratio C/B | floor | ratio D/B | goal |\n|---|---|---|---|---|---|---|---|---|\n",
         if quick { "quick" } else { "full" },
         plan.rounds,
         took.as_secs_f64()
@@ -961,22 +986,26 @@ fn report(
         };
         let r = ratios(&c.governor, &c.baseline);
         let rn = ratios(&c.nftables, &c.baseline);
+        let rf = ratios(&c.floor, &c.baseline);
         let ratio = |v: &[f64]| if v.is_empty() { "–".into() } else { format!("{:.3}", median(v)) };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
             fmt(&c.governor),
             fmt(&c.baseline),
             ratio(&r),
             fmt(&c.nftables),
             ratio(&rn),
+            fmt(&c.floor),
+            ratio(&rf),
             c.goal
         );
         json_rows.push(json!({
             "measure": c.name, "unit": c.unit, "lower_is_better": c.lower_is_better, "goal": c.goal,
             "governor": stats(&c.governor), "baseline": stats(&c.baseline), "nftables": stats(&c.nftables),
-            "ratio_governor_to_baseline": stats(&r), "ratio_nftables_to_baseline": stats(&rn),
+            "floor": stats(&c.floor),
+            "ratio_governor_to_baseline": stats(&r), "ratio_nftables_to_baseline": stats(&rn), "ratio_floor_to_baseline": stats(&rf),
             "programs": c.programs.iter().map(|p| json!({ "program": p.name, "runs": p.runs, "run_time_ns": p.time_ns })).collect::<Vec<_>>(),
         }));
     }

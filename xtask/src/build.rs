@@ -33,6 +33,32 @@ pub fn ebpf_object() -> PathBuf {
 
 /// Builds the eBPF object the way aya-build does, with the installed nightly.
 pub fn ebpf() -> anyhow::Result<PathBuf> {
+    ebpf_with(&[], "target/ebpf")?;
+    let object = ebpf_object();
+    if !object.is_file() {
+        bail!("the eBPF build succeeded but {} is missing", object.display());
+    }
+    check_atomics(&object)?;
+    Ok(object)
+}
+
+/// The bench's floor: a `governor` binary (in target/floor) embedding programs that let
+/// everything through at once (governor-ebpf's `floor` feature), to measure what attaching the
+/// hooks costs by itself.
+pub fn floor_governor() -> anyhow::Result<PathBuf> {
+    ebpf_with(&["--features", "floor"], "target/ebpf-floor")?;
+    let object = workspace_root().join("target/ebpf-floor/bpfel-unknown-none/release/governor-ebpf");
+    status(
+        cmd("cargo")
+            .args(["build", "--release", "--package", "governor-userspace", "--bin", "governor"])
+            .args(["--target-dir", "target/floor"])
+            .env("GOVERNOR_EBPF_OBJECT", &object),
+    )
+    .context("building the floor governor for the bench")?;
+    Ok(workspace_root().join("target/floor/release/governor"))
+}
+
+fn ebpf_with(extra: &[&str], target_dir: &str) -> anyhow::Result<()> {
     crate::prereqs::ensure()?;
     let rustflags = [
         "--cfg=bpf_target_arch=\"x86_64\"",
@@ -46,19 +72,14 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
     status(
         cmd("rustup")
             .args(["run", "nightly", "cargo", "build", "--package", "governor-ebpf", "--bins", "--release"])
-            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir", "target/ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir", target_dir])
+            .args(extra)
             .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .env_remove("RUSTFLAGS"),
     )
-    .context("building the eBPF programs")?;
-    let object = ebpf_object();
-    if !object.is_file() {
-        bail!("the eBPF build succeeded but {} is missing", object.display());
-    }
-    check_atomics(&object)?;
-    Ok(object)
+    .context("building the eBPF programs")
 }
 
 /// Refuses an object with a plain `lock +=` where a fetch-add was meant: with `Relaxed` ordering

@@ -36,8 +36,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Measure what governing costs against no governor (and nftables) in the same run; writes
-    /// bench/REPORT.md and bench/report.json. Needs root. About 10 minutes; --quick under 2.
+    /// Measure what governing costs against no governor, nftables, and the hooks alone (programs
+    /// that let everything through) in the same run; writes bench/REPORT.md and
+    /// bench/report.json. Needs root. About 11 minutes; --quick about 3.
     Bench {
         #[arg(long)]
         quick: bool,
