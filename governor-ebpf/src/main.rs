@@ -27,108 +27,75 @@ use governor_common::{HOOK_CONNECT, HOOK_SENDMSG};
 /// ship an object built with it: it enforces nothing.
 const FLOOR: bool = cfg!(feature = "floor");
 
+/// `pass` in a floor build, else what `program` decides.
+#[inline(always)]
+fn unless_floor(pass: i32, program: impl FnOnce() -> i32) -> i32 {
+    if FLOOR { pass } else { program() }
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn governor_connect4(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    sock_addr::verdict(&ctx, HOOK_CONNECT, false)
+    unless_floor(1, || sock_addr::verdict(&ctx, HOOK_CONNECT, false))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn governor_connect6(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    sock_addr::verdict(&ctx, HOOK_CONNECT, true)
+    unless_floor(1, || sock_addr::verdict(&ctx, HOOK_CONNECT, true))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn governor_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    sock_addr::verdict(&ctx, HOOK_SENDMSG, false)
+    unless_floor(1, || sock_addr::verdict(&ctx, HOOK_SENDMSG, false))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn governor_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    sock_addr::verdict(&ctx, HOOK_SENDMSG, true)
+    unless_floor(1, || sock_addr::verdict(&ctx, HOOK_SENDMSG, true))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn governor_recvmsg4(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    dns::restore(&ctx, false)
+    unless_floor(1, || dns::restore(&ctx, false))
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn governor_recvmsg6(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    dns::restore(&ctx, true)
+    unless_floor(1, || dns::restore(&ctx, true))
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn governor_getpeername4(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    dns::restore(&ctx, false)
+    unless_floor(1, || dns::restore(&ctx, false))
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn governor_getpeername6(ctx: SockAddrContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    dns::restore(&ctx, true)
+    unless_floor(1, || dns::restore(&ctx, true))
 }
 
 #[cgroup_skb(egress)]
 pub fn governor_skb_egress(ctx: SkBuffContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    skb::count(&ctx, skb::Direction::Egress)
+    unless_floor(1, || skb::count(&ctx, skb::Direction::Egress))
 }
 
 #[cgroup_skb(ingress)]
 pub fn governor_skb_ingress(ctx: SkBuffContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    skb::count(&ctx, skb::Direction::Ingress)
+    unless_floor(1, || skb::count(&ctx, skb::Direction::Ingress))
 }
 
 #[cgroup_sock(sock_create)]
 pub fn governor_sock_create(ctx: SockContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    sock::create(&ctx)
+    unless_floor(1, || sock::create(&ctx))
 }
 
 #[cgroup_sock(sock_release)]
 pub fn governor_sock_release(ctx: SockContext) -> i32 {
-    if FLOOR {
-        return 1;
-    }
-    sock::release(&ctx)
+    unless_floor(1, || sock::release(&ctx))
 }
 
 #[classifier]
 pub fn governor_tc_egress(ctx: TcContext) -> i32 {
-    if FLOOR {
-        return aya_ebpf::bindings::TC_ACT_UNSPEC;
-    }
-    tc::count(&ctx)
+    unless_floor(aya_ebpf::bindings::TC_ACT_UNSPEC, || tc::count(&ctx))
 }
 
 #[cfg(not(test))]

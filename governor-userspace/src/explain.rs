@@ -174,12 +174,7 @@ impl Governor {
         if let Some(ep) = e.endpoint.as_deref().and_then(|n| policy.endpoints.iter().find(|x| x.name == n))
             && !ep.limits.is_none()
         {
-            let live = core
-                .maps
-                .endpoint_live()
-                .get(&governor_common::StatsKey { agent_id: a.id, endpoint_id: ep.id })
-                .copied()
-                .unwrap_or(0);
+            let live = core.maps.endpoint_live_of(&governor_common::StatsKey { agent_id: a.id, endpoint_id: ep.id });
             let l = ep.limits;
             e.because.push(format!(
                 "endpoint {:?} has its own limits for each agent: {} connections per minute, {} of {} concurrent in use",
@@ -194,7 +189,7 @@ impl Governor {
             if let Some(cpm) = l.connections_per_minute {
                 e.because.push(format!(
                     "a connect also needs a token: {cpm} connections per minute, burst {}",
-                    l.burst.unwrap_or((cpm / 10).max(1))
+                    l.burst_or_default(cpm)
                 ));
             }
             if let Some(max) = l.max_concurrent {

@@ -578,21 +578,22 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             programs: vec![],
         };
         let config = env.shaped_config(allow, shape)?;
-        let governed = |c: &mut Comparison| -> anyhow::Result<()> {
-            let _d = env.start(&config)?;
+        // One timed round with a daemon built from `governor` running.
+        let daemon_round = |governor: &Path| -> anyhow::Result<f64> {
+            let _d = env.launch(governor, &config)?;
             // Let the daemon's start-up work (first counter pass, resolving, saving state) finish
             // before the clock runs: on two cores it would otherwise share the workload's CPU.
             std::thread::sleep(Duration::from_millis(300));
-            c.governor.push(probe()?);
+            probe()
+        };
+        let governed = |c: &mut Comparison| -> anyhow::Result<()> {
+            c.governor.push(daemon_round(&env.governor)?);
             Ok(())
         };
         let floor = |c: &mut Comparison| -> anyhow::Result<()> {
-            if !alternatives {
-                return Ok(());
+            if alternatives {
+                c.floor.push(daemon_round(&env.floor)?);
             }
-            let _d = env.launch(&env.floor, &config)?;
-            std::thread::sleep(Duration::from_millis(300));
-            c.floor.push(probe()?);
             Ok(())
         };
         let nftables = |c: &mut Comparison, round: usize| -> anyhow::Result<()> {

@@ -50,10 +50,7 @@ pub fn decode_proxy_addr(a: Ipv4Addr) -> Option<(usize, u32)> {
 
 /// CLOCK_BOOTTIME in seconds: the clock the kernel stamps an admitted address's use with.
 pub fn boot_secs() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| t.tv_sec() as u64)
 }
 
 #[cfg(test)]

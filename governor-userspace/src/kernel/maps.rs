@@ -133,6 +133,11 @@ impl KernelMaps {
         self.endpoint_use.iter().filter_map(Result::ok).map(|(k, u)| (k, u.live)).collect()
     }
 
+    /// Live connections of one (agent, endpoint); 0 when it has no state yet.
+    pub fn endpoint_live_of(&self, key: &StatsKey) -> u64 {
+        self.endpoint_use.get(key, 0).map_or(0, |u| u.live)
+    }
+
     /// Makes `resolvers` (index = position) the only DNS servers agents may use, through the
     /// proxy on `proxy_port`. Slots are written before the lookup entries that point at them.
     pub fn set_resolvers(&mut self, resolvers: &[IpAddr], proxy_port: u16) -> Result<(), KernelError> {
@@ -269,14 +274,8 @@ impl KernelMaps {
     /// Removes every allowlist entry that is not one of `agents`' rules or `admitted`: the
     /// previous generation, once every agent has been switched to the new one.
     pub fn remove_rules_except(&mut self, agents: &[CompiledAgent], admitted: &Admitted) -> Result<(), KernelError> {
-        let key = |r: &Entry<AllowKeyV4>| (r.prefix_len, bytes(&r.key));
-        let want_v4: HashSet<_> = agents.iter().flat_map(|a| &a.rules_v4).chain(&admitted.v4).map(key).collect();
-        let want_v6: HashSet<_> = agents
-            .iter()
-            .flat_map(|a| &a.rules_v6)
-            .chain(&admitted.v6)
-            .map(|r| (r.prefix_len, bytes(&r.key)))
-            .collect();
+        let want_v4: HashSet<_> = agents.iter().flat_map(|a| &a.rules_v4).chain(&admitted.v4).map(entry_key).collect();
+        let want_v6: HashSet<_> = agents.iter().flat_map(|a| &a.rules_v6).chain(&admitted.v6).map(entry_key).collect();
         let stale_v4: Vec<_> = self
             .allow_v4
             .keys()
@@ -438,6 +437,11 @@ pub fn mapped(a: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// An allowlist entry's trie key as comparable bytes.
+fn entry_key<K: Copy>(e: &Entry<K>) -> (u32, Vec<u8>) {
+    (e.prefix_len, bytes(&e.key))
 }
 
 fn bytes<T: Copy>(v: &T) -> Vec<u8> {

@@ -184,14 +184,18 @@ impl Limits {
         self.connections_per_minute.is_none() && self.max_concurrent.is_none()
     }
 
+    /// The burst at `cpm` connections per minute: as configured, else a tenth of a minute's.
+    pub fn burst_or_default(&self, cpm: u64) -> u64 {
+        self.burst.unwrap_or((cpm / 10).max(1))
+    }
+
     /// GCRA parameters: nanoseconds between connections, and how far ahead the schedule may run.
     pub fn rate_ns(&self) -> (u64, u64) {
         match self.connections_per_minute {
             None => (0, 0),
             Some(cpm) => {
                 let interval = 60_000_000_000 / cpm.max(1);
-                let burst = self.burst.unwrap_or((cpm / 10).max(1));
-                (interval, interval * (burst.max(1) - 1))
+                (interval, interval * (self.burst_or_default(cpm).max(1) - 1))
             }
         }
     }
