@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get};
 use prometheus::{
-    CounterVec, Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder as _, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
 };
 
 use crate::{accounting::books::BudgetStatus, accounting::money::PICO, governor::Governor, status::Status};
@@ -29,22 +30,23 @@ async fn scrape(State(g): State<Arc<Governor>>) -> impl IntoResponse {
     }
 }
 
+/// Registers a newly made metric with `r` and hands it back.
+fn register<M: Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<M>) -> Result<M, String> {
+    let m = made.map_err(|e| e.to_string())?;
+    r.register(Box::new(m.clone())).map_err(|e| e.to_string())?;
+    Ok(m)
+}
+
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, String> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
-    r.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
-    Ok(c)
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn money_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<CounterVec, String> {
-    let c = CounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
-    r.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
-    Ok(c)
+    register(r, CounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, String> {
-    let g = GaugeVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
-    r.register(Box::new(g.clone())).map_err(|e| e.to_string())?;
-    Ok(g)
+    register(r, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 /// Pico-units as currency units: the only place money becomes a float.
@@ -141,28 +143,34 @@ pub fn render(s: &Status) -> Result<String, String> {
         "connect() and UDP sendmsg() calls by agent, endpoint and verdict (allowed, denied, would_deny).",
         &["agent", "endpoint", "verdict"],
     )?;
-    let state = IntGaugeVec::new(
-        Opts::new("governor_agent_state", "1 for the agent's current state (enforcing, observing, absent)."),
-        &["agent", "state"],
-    )
-    .map_err(|e| e.to_string())?;
-    r.register(Box::new(state.clone())).map_err(|e| e.to_string())?;
-    let received = counter(&r, "governor_events_received_total", "Deny events read from the kernel ring buffer.", &[])?;
-    let lost = counter(
+    let state = register(
         &r,
-        "governor_events_lost_total",
-        "Deny events the kernel dropped because the ring buffer was full; counters are unaffected.",
-        &[],
+        IntGaugeVec::new(
+            Opts::new("governor_agent_state", "1 for the agent's current state (enforcing, observing, absent)."),
+            &["agent", "state"],
+        ),
     )?;
-    let malformed = counter(&r, "governor_events_malformed_total", "Ring buffer records rejected as malformed.", &[])?;
-    let agents = IntGauge::new("governor_agents", "Agents known to the daemon.").map_err(|e| e.to_string())?;
-    r.register(Box::new(agents.clone())).map_err(|e| e.to_string())?;
-    let info = IntGaugeVec::new(
-        Opts::new("governor_build_info", "Always 1; labels name the running version and policy."),
-        &["version", "config_sha256"],
-    )
-    .map_err(|e| e.to_string())?;
-    r.register(Box::new(info.clone())).map_err(|e| e.to_string())?;
+    let received = register(
+        &r,
+        IntCounter::new("governor_events_received_total", "Deny events read from the kernel ring buffer."),
+    )?;
+    let lost = register(
+        &r,
+        IntCounter::new(
+            "governor_events_lost_total",
+            "Deny events the kernel dropped because the ring buffer was full; counters are unaffected.",
+        ),
+    )?;
+    let malformed =
+        register(&r, IntCounter::new("governor_events_malformed_total", "Ring buffer records rejected as malformed."))?;
+    let agents = register(&r, IntGauge::new("governor_agents", "Agents known to the daemon."))?;
+    let info = register(
+        &r,
+        IntGaugeVec::new(
+            Opts::new("governor_build_info", "Always 1; labels name the running version and policy."),
+            &["version", "config_sha256"],
+        ),
+    )?;
     let endpoint_spend = money_counter(
         &r,
         "governor_spend_total",
@@ -194,9 +202,8 @@ pub fn render(s: &Status) -> Result<String, String> {
         "Notices handed to the hooks, by result (sent, failed).",
         &["result"],
     )?;
-    let pending = IntGauge::new("governor_notifications_pending", "Notices recorded and not yet delivered.")
-        .map_err(|e| e.to_string())?;
-    r.register(Box::new(pending.clone())).map_err(|e| e.to_string())?;
+    let pending =
+        register(&r, IntGauge::new("governor_notifications_pending", "Notices recorded and not yet delivered."))?;
     let cur = s.currency.as_str();
     let write_errors = counter(
         &r,
@@ -294,30 +301,30 @@ pub fn render(s: &Status) -> Result<String, String> {
             dns_queries.with_label_values(&[agent.as_str(), result.as_str()]).inc_by(*n);
         }
     }
-    let cache_names = gauge(
+    let cache_names = register(
         &r,
-        "governor_dns_cache_names",
-        "(agent, name) pairs in the DNS name cache (bound: dns.max_names).",
-        &[],
+        Gauge::new("governor_dns_cache_names", "(agent, name) pairs in the DNS name cache (bound: dns.max_names)."),
     )?;
-    cache_names.with_label_values(&[] as &[&str]).set(s.dns.cache.names as f64);
-    let cache_addresses = gauge(
+    cache_names.set(s.dns.cache.names as f64);
+    let cache_addresses = register(
         &r,
-        "governor_dns_cache_addresses",
-        "Addresses admitted from DNS answers now in the kernel's allowlist.",
-        &[],
+        Gauge::new(
+            "governor_dns_cache_addresses",
+            "Addresses admitted from DNS answers now in the kernel's allowlist.",
+        ),
     )?;
-    cache_addresses.with_label_values(&[] as &[&str]).set(s.dns.cache.addresses as f64);
-    let evictions = counter(
+    cache_addresses.set(s.dns.cache.addresses as f64);
+    let evictions = register(
         &r,
-        "governor_dns_cache_evictions_total",
-        "Names and addresses evicted (least recently used) to keep the DNS cache within dns.max_names and dns.max_addresses_per_name.",
-        &[],
+        IntCounter::new(
+            "governor_dns_cache_evictions_total",
+            "Names and addresses evicted (least recently used) to keep the DNS cache within dns.max_names and dns.max_addresses_per_name.",
+        ),
     )?;
-    evictions.with_label_values(&[] as &[&str]).inc_by(s.dns.cache.evictions);
-    received.with_label_values(&[] as &[&str]).inc_by(s.events.received);
-    lost.with_label_values(&[] as &[&str]).inc_by(s.events.lost);
-    malformed.with_label_values(&[] as &[&str]).inc_by(s.events.malformed);
+    evictions.inc_by(s.dns.cache.evictions);
+    received.inc_by(s.events.received);
+    lost.inc_by(s.events.lost);
+    malformed.inc_by(s.events.malformed);
     agents.set(i64::try_from(s.agents.len()).unwrap_or(i64::MAX));
     info.with_label_values(&[s.version.as_str(), s.config_sha256.as_str()]).set(1);
 
