@@ -89,6 +89,9 @@ struct Comparison {
     floor: Vec<f64>,
     /// What each program that ran cost in the accounting run.
     programs: Vec<ProgramRuns>,
+    /// The same for the floor's programs (which only return "allow"): what an empty program
+    /// costs under this workload, the reference each of governor's figures is read against.
+    floor_programs: Vec<ProgramRuns>,
 }
 
 /// A program's runs and total run time in one accounting run (`kernel.bpf_stats_enabled`).
@@ -491,8 +494,11 @@ struct Micro {
 fn criterion(quick: bool) -> anyhow::Result<Vec<Micro>> {
     let out_dir = workspace_root().join("target/criterion");
     let _ = std::fs::remove_dir_all(&out_dir);
-    let mut cmd = Command::new("cargo");
-    cmd.args(["bench", "-p", "governor-userspace", "--bench", "hot_paths", "--", "--noplot"]);
+    let mut cmd = build::cmd("cargo");
+    // The same object path as `build::all`, or cargo would rebuild governor-userspace (its
+    // build script reads the variable) here and again at the next `cargo xtask build`.
+    cmd.args(["bench", "-p", "governor-userspace", "--bench", "hot_paths", "--", "--noplot"])
+        .env("GOVERNOR_EBPF_OBJECT", build::ebpf_object());
     if quick {
         cmd.arg("--quick");
     }
@@ -576,6 +582,7 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             nftables: vec![],
             floor: vec![],
             programs: vec![],
+            floor_programs: vec![],
         };
         let config = env.shaped_config(allow, shape)?;
         // One timed round with a daemon built from `governor` running.
@@ -636,14 +643,20 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
                 c.baseline[round]
             );
         }
-        // One more governed run, untimed, with the kernel's per-program accounting on.
-        {
-            let d = env.start(&config)?;
+        // One more run each of governor and the floor, untimed, with the kernel's per-program
+        // accounting on.
+        let accounted = |governor: &Path| -> anyhow::Result<Vec<ProgramRuns>> {
+            let d = env.launch(governor, &config)?;
             let _stats_on = BpfStats::set(true)?;
             probe()?;
-            c.programs = record_programs(&d);
-        }
+            Ok(record_programs(&d))
+        };
+        c.programs = accounted(&env.governor)?;
         env.ensure_detached()?;
+        if alternatives {
+            c.floor_programs = accounted(&env.floor)?;
+            env.ensure_detached()?;
+        }
         comparisons.push(c);
         Ok(())
     };
@@ -932,6 +945,10 @@ impl Drop for NetnsGuard {
     }
 }
 
+fn program_runs_json(runs: &[ProgramRuns]) -> Vec<Value> {
+    runs.iter().map(|p| json!({ "program": p.name, "runs": p.runs, "run_time_ns": p.time_ns })).collect()
+}
+
 fn report(
     plan: &Plan,
     quick: bool,
@@ -1007,7 +1024,7 @@ fn report(
             "governor": stats(&c.governor), "baseline": stats(&c.baseline), "nftables": stats(&c.nftables),
             "floor": stats(&c.floor),
             "ratio_governor_to_baseline": stats(&r), "ratio_nftables_to_baseline": stats(&rn), "ratio_floor_to_baseline": stats(&rf),
-            "programs": c.programs.iter().map(|p| json!({ "program": p.name, "runs": p.runs, "run_time_ns": p.time_ns })).collect::<Vec<_>>(),
+            "programs": program_runs_json(&c.programs), "floor_programs": program_runs_json(&c.floor_programs),
         }));
     }
     let _ = writeln!(md, "\n| measure | result | goal |\n|---|---|---|");
@@ -1024,14 +1041,21 @@ fn report(
     }
     let _ = writeln!(
         md,
-        "\nPer-program cost from the kernel's own accounting (`kernel.bpf_stats_enabled`, run time / runs), taken in\none more governed run of each comparison, untimed (the timed rounds run with the accounting off, as\nproduction hosts do). For scale: a minimal one-lookup cgroup_skb program measured 67 ns per packet on this\nkind of machine; the goal is every per-packet program under 150 ns.\n\n| program | ns per run, all workloads | runs | by workload |\n|---|---|---|---|"
+        "\nPer-program cost from the kernel's own accounting (`kernel.bpf_stats_enabled`, run time / runs), taken in\none more governed run of each comparison, untimed (the timed rounds run with the accounting off, as\nproduction hosts do). In brackets, the same program of the floor in the same workload: it only returns\n\"allow\", so that is what running any program there costs (the accounting's own clock reads included).\nFor scale: a minimal one-lookup cgroup_skb program measured 67 ns per packet on this kind of machine; the\ngoal is every per-packet program under 150 ns.\n\n| program | ns per run, all workloads | runs | by workload (floor) |\n|---|---|---|---|"
     );
     for (name, (runs, time)) in &totals {
         let by: Vec<String> = comparisons
             .iter()
             .filter_map(|c| {
-                let p = c.programs.iter().find(|p| p.name == *name && p.runs >= ProgramRuns::MEANINGFUL)?;
-                Some(format!("{}: {:.0}", c.name, p.ns_per_run()))
+                let meaningful = |runs: &[ProgramRuns]| -> Option<f64> {
+                    let p = runs.iter().find(|p| p.name == *name && p.runs >= ProgramRuns::MEANINGFUL)?;
+                    Some(p.ns_per_run())
+                };
+                let governed = meaningful(&c.programs)?;
+                Some(match meaningful(&c.floor_programs) {
+                    Some(floor) => format!("{}: {governed:.0} ({floor:.0})", c.name),
+                    None => format!("{}: {governed:.0}", c.name),
+                })
             })
             .collect();
         let _ = writeln!(
