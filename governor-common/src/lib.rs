@@ -17,7 +17,7 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// `PerCpuHashMap<StatsKey, ConnCounters>`: connect/sendmsg verdicts.
     pub const CONN_STATS: &str = "CONN_STATS";
-    /// `PerCpuHashMap<StatsKey, TrafficCounters>`: bytes and packets.
+    /// `PerCpuArray<TrafficCounters>` by traffic slot (`TRAFFIC_SLOTS`): bytes and packets.
     pub const TRAFFIC: &str = "TRAFFIC";
     /// `SkStorage<SockTag>`: the (agent, endpoint) a socket's packets are charged to, and at what price.
     pub const SOCK_TAGS: &str = "SOCK_TAGS";
@@ -87,6 +87,12 @@ pub const MODE_ENFORCE: u32 = 1;
 
 /// Endpoint id charged for traffic and connections that match no allowlisted endpoint.
 pub const ENDPOINT_UNLISTED: u32 = 0;
+
+/// Entries of `TRAFFIC`: one per (agent, endpoint) pair the daemon has seen, in the order it
+/// first saw them, never reused. Slot 0 counts what has no slot (the map was full); the daemon
+/// reports it nowhere. An array index rather than a hash: it is on every packet's path.
+pub const TRAFFIC_SLOTS: u32 = 65_536;
+pub const TRAFFIC_UNCOUNTED: u32 = 0;
 
 /// Deny reasons carried by `DenyEvent::reason` and indexing `ConnCounters::denied`.
 /// Every verdict other than allow has one.
@@ -197,11 +203,14 @@ pub struct AgentInfo {
     /// alternate policy generations, so a reload writes the new rules beside the old ones and
     /// switches the agent to them with one atomic update of this value.
     pub rule_id: u32,
+    /// `TRAFFIC` slots of the agent's unlisted traffic and of its DNS to the configured resolvers.
+    pub traffic_unlisted: u32,
+    pub traffic_dns: u32,
 }
 
 /// Flipped in `AgentInfo::rule_id` between policy generations.
 pub const RULE_GENERATION_BIT: u32 = 1 << 31;
-const _: () = assert!(size_of::<AgentInfo>() == 16);
+const _: () = assert!(size_of::<AgentInfo>() == 24);
 
 /// Prices in pico-units of the configured currency (1e-12): per connection (or UDP flow), and
 /// per byte in each direction.
@@ -224,9 +233,14 @@ pub struct Rule {
     /// the daemon expires them by last use rather than by last lookup.
     pub last_use_s: u32,
     pub prices: Prices,
+    /// The `TRAFFIC` slot of (the key's agent, `endpoint_id`). The daemon's map layer fills it
+    /// in when it writes the rule; policy compilation leaves it 0.
+    pub traffic: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Rule>() == 32);
+const _: () = assert!(size_of::<Rule>() == 40);
 const _: () = assert!(offset_of!(Rule, prices) == 8);
+const _: () = assert!(offset_of!(Rule, traffic) == 32);
 
 /// A socket's tag (socket-local storage): who pays for its packets, and how much per byte.
 #[repr(C)]
@@ -239,8 +253,11 @@ pub struct SockTag {
     pub flags: u32,
     pub tx_byte: u64,
     pub rx_byte: u64,
+    /// Where its packets are counted in `TRAFFIC`.
+    pub traffic: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SockTag>() == 32);
+const _: () = assert!(size_of::<SockTag>() == 40);
 
 /// Daemon-owned budget state of one slot. The kernel only reads it.
 #[repr(C)]
@@ -327,7 +344,10 @@ pub struct ConnCounters {
 }
 const _: () = assert!(size_of::<ConnCounters>() == 88);
 
-/// Bytes (L3 length as the cgroup_skb hook sees it) and packets per direction.
+/// Value of `TRAFFIC` (each CPU's copy): bytes (L3 length as the cgroup_skb hook sees it) and
+/// packets per direction, and the pair they belong to. The daemon writes `key` into every
+/// CPU's copy when it gives the slot out (so a restarted daemon finds its slots again); the
+/// kernel only adds to the counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficCounters {
@@ -335,8 +355,11 @@ pub struct TrafficCounters {
     pub tx_packets: u64,
     pub rx_bytes: u64,
     pub rx_packets: u64,
+    /// `agent_id` 0 (no agent has it): a slot not given out yet.
+    pub key: StatsKey,
 }
-const _: () = assert!(size_of::<TrafficCounters>() == 32);
+const _: () = assert!(size_of::<TrafficCounters>() == 40);
+const _: () = assert!(offset_of!(TrafficCounters, key) == 32);
 
 /// Value of `HOST_EGRESS`: what one cgroup sent out of the host's uplinks.
 #[repr(C)]

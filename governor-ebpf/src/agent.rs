@@ -39,7 +39,7 @@ pub fn of_skb(ctx: &SkBuffContext) -> AgentInfo {
 
 #[inline(always)]
 fn lookup(cgroup: u64) -> AgentInfo {
-    let none = AgentInfo { agent_id: NO_AGENT, mode: 0, slot: 0, rule_id: 0 };
+    let none = AgentInfo { agent_id: NO_AGENT, ..AgentInfo::default() };
     if cgroup == 0 {
         return none;
     }

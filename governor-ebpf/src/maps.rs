@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use governor_common::{
     AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, EndpointLimits, EndpointUse, HostEgress,
-    MAX_RESOLVERS, Resolver, ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TrafficCounters,
+    MAX_RESOLVERS, Resolver, ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TRAFFIC_SLOTS, TrafficCounters,
 };
 
 #[btf_map]
@@ -21,8 +21,9 @@ pub static ALLOW_V6: LpmTrie<AllowKeyV6, Rule, 1_048_576> = LpmTrie::new();
 #[btf_map]
 pub static CONN_STATS: PerCpuHashMap<StatsKey, ConnCounters, 65_536> = PerCpuHashMap::new();
 
+/// By the socket tag's traffic slot: an index, inlined by the verifier, on every packet's path.
 #[btf_map]
-pub static TRAFFIC: PerCpuHashMap<StatsKey, TrafficCounters, 65_536> = PerCpuHashMap::new();
+pub static TRAFFIC: PerCpuArray<TrafficCounters, { TRAFFIC_SLOTS as usize }> = PerCpuArray::new();
 
 /// Which (agent, endpoint) a socket's packets are charged to and at what price: set on
 /// connect/sendmsg, or on the first packet of a socket those hooks never saw.

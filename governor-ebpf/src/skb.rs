@@ -1,7 +1,7 @@
 //! Per-packet counting and charging for agent sockets (cgroup_skb ingress and egress).
 //!
 //! The hot path: the socket's tag (socket-local storage, no hashing), the slot's budget state
-//! (array entries, which the verifier inlines), and this CPU's counter slot. Only a socket's
+//! and this CPU's counters (array entries, which the verifier inlines). Only a socket's
 //! first packet, when connect/sendmsg never tagged it (accepted connections, sockets older than
 //! the daemon), pays for the agent lookup. A packet is counted only if it passes.
 
@@ -13,14 +13,13 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use governor_common::{
-    DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, REASON_BUDGET, SockTag, StatsKey, TrafficCounters,
-    VERDICT_DENIED,
+    DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, REASON_BUDGET, SockTag, VERDICT_DENIED,
 };
 
 use crate::{
     agent::{self, NO_AGENT},
     budget, events,
-    maps::{SOCK_TAGS, TRAFFIC, per_cpu_add},
+    maps::{SOCK_TAGS, TRAFFIC},
 };
 
 pub const PASS: i32 = 1;
@@ -55,17 +54,20 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
         report_exhausted(&tag, direction);
         return DROP;
     }
-    let key = StatsKey { agent_id: tag.agent_id, endpoint_id: tag.endpoint_id };
-    per_cpu_add(&TRAFFIC, &key, |c: &mut TrafficCounters| match direction {
-        Direction::Egress => {
-            c.tx_bytes += len;
-            c.tx_packets += 1;
+    if let Some(c) = TRAFFIC.get_ptr_mut(tag.traffic) {
+        // SAFETY: this CPU's copy of an array entry; programs do not nest here.
+        let c = unsafe { &mut *c };
+        match direction {
+            Direction::Egress => {
+                c.tx_bytes += len;
+                c.tx_packets += 1;
+            }
+            Direction::Ingress => {
+                c.rx_bytes += len;
+                c.rx_packets += 1;
+            }
         }
-        Direction::Ingress => {
-            c.rx_bytes += len;
-            c.rx_packets += 1;
-        }
-    });
+    }
     PASS
 }
 
@@ -89,6 +91,8 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
         flags: 0,
         tx_byte: 0,
         rx_byte: 0,
+        traffic: agent.traffic_unlisted,
+        _pad: 0,
     };
     if agent.agent_id == NO_AGENT {
         return fresh;

@@ -19,7 +19,7 @@ use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
     ENDPOINT_UNLISTED, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY,
     REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED,
-    TAG_ENDPOINT_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -206,6 +206,8 @@ const DNS_RULE: Rule = Rule {
     endpoint_id: ENDPOINT_DNS,
     last_use_s: 0,
     prices: governor_common::Prices { connection: 0, tx_byte: 0, rx_byte: 0 },
+    traffic: TRAFFIC_UNCOUNTED,
+    _pad: 0,
 };
 
 /// Reads `user_ip6` one 32-bit word at a time and folds `::ffff:a.b.c.d` into IPv4.
@@ -240,6 +242,8 @@ const NO_RULE: Rule = Rule {
     endpoint_id: ENDPOINT_UNLISTED,
     last_use_s: 0,
     prices: governor_common::Prices { connection: 0, tx_byte: 0, rx_byte: 0 },
+    traffic: TRAFFIC_UNCOUNTED,
+    _pad: 0,
 };
 
 /// The rule allowing (protocol, port, addr) for the agent: exact port first, then any port.
@@ -311,6 +315,12 @@ fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule, flags: u32) {
     if tag.is_null() {
         return;
     }
+    // The unlisted and DNS rules are constants here; their slots are the agent's.
+    let traffic = match rule.endpoint_id {
+        ENDPOINT_UNLISTED => agent.traffic_unlisted,
+        ENDPOINT_DNS => agent.traffic_dns,
+        _ => rule.traffic,
+    };
     // SAFETY: non-null storage slot of the right type.
     unsafe {
         *tag = SockTag {
@@ -320,6 +330,8 @@ fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule, flags: u32) {
             flags,
             tx_byte: rule.prices.tx_byte,
             rx_byte: rule.prices.rx_byte,
+            traffic,
+            _pad: 0,
         };
     }
 }

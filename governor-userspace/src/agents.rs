@@ -44,7 +44,14 @@ pub struct Agent {
 
 impl Agent {
     fn info(&self) -> AgentInfo {
-        AgentInfo { agent_id: self.id, mode: mode_code(self.mode), slot: self.slot, rule_id: self.rule_id }
+        // The traffic slots are the map layer's to fill in (`KernelMaps::register_agent`).
+        AgentInfo {
+            agent_id: self.id,
+            mode: mode_code(self.mode),
+            slot: self.slot,
+            rule_id: self.rule_id,
+            ..AgentInfo::default()
+        }
     }
 }
 

@@ -55,6 +55,46 @@ fn a_bad_config_attaches_nothing() {
 }
 
 #[test]
+fn pins_of_an_older_map_layout_are_refused_with_what_to_do() {
+    if !privileged("pins_of_an_older_map_layout_are_refused_with_what_to_do") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    // Where a governor with an older map layout pinned for this agents root.
+    let ours = root.pin_dir();
+    let old = ours.parent().unwrap().parent().unwrap().join("v0-test").join(ours.file_name().unwrap());
+    std::fs::create_dir_all(old.join("links")).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir(self.0.parent().unwrap());
+        }
+    }
+    let _cleanup = Remove(old.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("governor.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[daemon]\nagents_root = {:?}\nsocket = {:?}\nstate_dir = {:?}\naudit_log = {:?}\n",
+            root.relative,
+            dir.path().join("governor.sock"),
+            dir.path().join("state"),
+            dir.path().join("audit.jsonl")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another governor map layout"), "{stderr}");
+    assert!(stderr.contains(&format!("rm -r {}", old.display())), "{stderr}");
+    // Nothing was pinned or attached beside the old layout.
+    assert!(!ours.exists(), "{} was created", ours.display());
+}
+
+#[test]
 fn status_and_metrics_show_the_same_numbers() {
     if !privileged("status_and_metrics_show_the_same_numbers") {
         return;

@@ -207,16 +207,27 @@ impl Env {
     /// The baseline must run with no program attached: the daemons here detach on a clean stop
     /// (`on_daemon_exit = "detach"`), and their pinned links must be gone.
     fn ensure_detached(&self) -> anyhow::Result<()> {
-        let links = self.pins().join("links");
-        let left = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
-        if left > 0 {
-            bail!("{left} program links are still pinned in {}: the baseline would be governed", links.display());
+        for pins in self.pins() {
+            let links = pins.join("links");
+            let left = std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0);
+            if left > 0 {
+                bail!("{left} program links are still pinned in {}: the baseline would be governed", links.display());
+            }
         }
         Ok(())
     }
 
-    fn pins(&self) -> PathBuf {
-        Path::new("/sys/fs/bpf/governor/v2").join(self.root.to_string_lossy().trim_start_matches('/').replace('/', "_"))
+    /// The bench daemons' pin directories, under every layout version present
+    /// (`/sys/fs/bpf/governor/<version>/<agents root as a file name>`), so a layout bump in
+    /// governor cannot make the checks here look at an empty directory.
+    fn pins(&self) -> Vec<PathBuf> {
+        let name = self.root.to_string_lossy().trim_start_matches('/').replace('/', "_");
+        std::fs::read_dir("/sys/fs/bpf/governor")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|version| version.path().join(&name))
+            .collect()
     }
 
     /// Starts the daemon with `config` and waits for its socket.
@@ -227,7 +238,9 @@ impl Env {
     fn launch(&self, governor: &Path, config: &Path) -> anyhow::Result<Daemon> {
         // Fresh maps each time: rounds stay independent, and a large allowlist is not installed
         // beside the previous daemon's (a new generation needs room for both).
-        let _ = std::fs::remove_dir_all(self.pins());
+        for pins in self.pins() {
+            let _ = std::fs::remove_dir_all(pins);
+        }
         let _ = std::fs::remove_dir_all(self.dir.join("state"));
         let _ = std::fs::remove_file(self.dir.join("audit.jsonl"));
         let log = std::fs::File::create(self.dir.join("daemon.log"))?;
@@ -257,7 +270,9 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = Command::new("nft").args(["delete", "table", "inet", "governor_bench"]).output();
         kill_tree(&self.root);
-        let _ = std::fs::remove_dir_all(self.pins());
+        for pins in self.pins() {
+            let _ = std::fs::remove_dir_all(pins);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,17 +1,18 @@
 //! Typed handles on the maps: write policy and budgets in, read counters and spend out.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap as StdHashMap, HashSet},
     net::IpAddr,
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
 };
 use governor_common::{
-    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, EndpointLimits, EndpointUse, HostEgress, MAX_RESOLVERS,
-    REASONS, Resolver, ResolverSlot, Rule, Spend, StatsKey, TrafficCounters, maps as names,
+    AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, ENDPOINT_DNS, ENDPOINT_UNLISTED, EndpointLimits,
+    EndpointUse, HostEgress, MAX_RESOLVERS, REASONS, RULE_GENERATION_BIT, Resolver, ResolverSlot, Rule, Spend,
+    StatsKey, TRAFFIC_SLOTS, TRAFFIC_UNCOUNTED, TrafficCounters, maps as names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +58,11 @@ pub struct KernelMaps {
     allow_v4: LpmTrie<MapData, AllowKeyV4, Rule>,
     allow_v6: LpmTrie<MapData, AllowKeyV6, Rule>,
     conn_stats: PerCpuHashMap<MapData, StatsKey, ConnCounters>,
-    traffic: PerCpuHashMap<MapData, StatsKey, TrafficCounters>,
+    traffic: PerCpuArray<MapData, TrafficCounters>,
+    /// Which `TRAFFIC` slot each (agent, endpoint) pair has, as the map itself records it
+    /// (`TRAFFIC_UNCOUNTED` for pairs that found it full), and the next slot to give out.
+    traffic_slots: StdHashMap<StatsKey, u32>,
+    next_traffic_slot: u32,
     control: Array<MapData, Control>,
     spend: Array<MapData, Spend>,
     events_lost: PerCpuArray<MapData, u64>,
@@ -91,12 +96,17 @@ fn map_err(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Ker
 
 impl KernelMaps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        let traffic: PerCpuArray<MapData, TrafficCounters> = take(ebpf, names::TRAFFIC)?;
+        let traffic_slots = given_traffic_slots(&traffic)?;
+        let next_traffic_slot = u32::try_from(traffic_slots.len()).unwrap_or(u32::MAX).saturating_add(1);
         Ok(Self {
             agents: take(ebpf, names::AGENTS)?,
             allow_v4: take(ebpf, names::ALLOW_V4)?,
             allow_v6: take(ebpf, names::ALLOW_V6)?,
             conn_stats: take(ebpf, names::CONN_STATS)?,
-            traffic: take(ebpf, names::TRAFFIC)?,
+            traffic,
+            traffic_slots,
+            next_traffic_slot,
             control: take(ebpf, names::CONTROL)?,
             spend: take(ebpf, names::SPEND)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
@@ -167,9 +177,13 @@ impl KernelMaps {
     /// `last_use_s` (0 for configured rules) is what tells them apart. On failure the entries
     /// this call added are removed again, and the caller answers SERVFAIL.
     pub fn insert_admitted(&mut self, a: &Admitted) -> Result<(), KernelError> {
+        let v4: Vec<_> =
+            a.v4.iter().map(|e| Entry { rule: self.counted(agent_of(e.key.agent_id), e.rule), ..*e }).collect();
+        let v6: Vec<_> =
+            a.v6.iter().map(|e| Entry { rule: self.counted(agent_of(e.key.agent_id), e.rule), ..*e }).collect();
         let (mut done4, mut done6) = (Vec::new(), Vec::new());
-        let result = admit_into(&mut self.allow_v4, names::ALLOW_V4, &a.v4, &mut done4)
-            .and_then(|()| admit_into(&mut self.allow_v6, names::ALLOW_V6, &a.v6, &mut done6));
+        let result = admit_into(&mut self.allow_v4, names::ALLOW_V4, &v4, &mut done4)
+            .and_then(|()| admit_into(&mut self.allow_v6, names::ALLOW_V6, &v6, &mut done6));
         if result.is_err() {
             self.remove_admitted(&Admitted { v4: done4, v6: done6 });
         }
@@ -235,14 +249,16 @@ impl KernelMaps {
         let result = (|| {
             for agent in agents {
                 for r in &agent.rules_v4 {
+                    let rule = self.counted(agent.id, r.rule);
                     self.allow_v4
-                        .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
+                        .insert(&Key::new(r.prefix_len, r.key), rule, 0)
                         .map_err(map_err(names::ALLOW_V4, "insert"))?;
                     done_v4.push(Key::new(r.prefix_len, r.key));
                 }
                 for r in &agent.rules_v6 {
+                    let rule = self.counted(agent.id, r.rule);
                     self.allow_v6
-                        .insert(&Key::new(r.prefix_len, r.key), r.rule, 0)
+                        .insert(&Key::new(r.prefix_len, r.key), rule, 0)
                         .map_err(map_err(names::ALLOW_V6, "insert"))?;
                     done_v6.push(Key::new(r.prefix_len, r.key));
                 }
@@ -302,9 +318,52 @@ impl KernelMaps {
         self.agents.iter().filter_map(Result::ok).next().map(|(_, info)| u32::from(info.rule_id != info.agent_id))
     }
 
-    /// Makes the cgroup `cgroup_id` an agent.
+    /// Makes the cgroup `cgroup_id` an agent (with its traffic slots filled in).
     pub fn register_agent(&mut self, cgroup_id: u64, info: AgentInfo) -> Result<(), KernelError> {
+        let info = AgentInfo {
+            traffic_unlisted: self.traffic_slot(StatsKey { agent_id: info.agent_id, endpoint_id: ENDPOINT_UNLISTED }),
+            traffic_dns: self.traffic_slot(StatsKey { agent_id: info.agent_id, endpoint_id: ENDPOINT_DNS }),
+            ..info
+        };
         self.agents.insert(cgroup_id, info, 0).map_err(map_err(names::AGENTS, "insert"))
+    }
+
+    /// `rule` of agent `agent_id`, with the traffic slot of its endpoint filled in.
+    fn counted(&mut self, agent_id: u32, rule: Rule) -> Rule {
+        Rule { traffic: self.traffic_slot(StatsKey { agent_id, endpoint_id: rule.endpoint_id }), ..rule }
+    }
+
+    /// The `TRAFFIC` slot of `key`, given out on first use: the key is written into every
+    /// CPU's copy first, so the slot is found again after a restart before any packet can be
+    /// counted there. Slots are never reused. `TRAFFIC_UNCOUNTED` when the map is full or the
+    /// write fails (logged); the pair's packets still pass and are charged, only not counted.
+    fn traffic_slot(&mut self, key: StatsKey) -> u32 {
+        if let Some(&slot) = self.traffic_slots.get(&key) {
+            return slot;
+        }
+        let slot = self.next_traffic_slot;
+        if slot >= TRAFFIC_SLOTS {
+            tracing::warn!(
+                agent_id = key.agent_id,
+                endpoint_id = key.endpoint_id,
+                slots = TRAFFIC_SLOTS,
+                "the traffic counters map is full: this (agent, endpoint)'s bytes and packets are not counted (they are still charged); stop the daemon and remove its pinned maps to start the counters over"
+            );
+            // Remembered, so the warning comes once per pair.
+            self.traffic_slots.insert(key, TRAFFIC_UNCOUNTED);
+            return TRAFFIC_UNCOUNTED;
+        }
+        let fresh = TrafficCounters { key, ..TrafficCounters::default() };
+        let written = every_cpu(fresh)
+            .and_then(|values| self.traffic.set(slot, values, 0).map_err(map_err(names::TRAFFIC, "give out a slot")));
+        if let Err(e) = written {
+            // Not remembered: the next rule written for the pair tries again.
+            tracing::warn!(slot, error = %e, "cannot give out a traffic counter slot: this (agent, endpoint)'s bytes and packets are not counted (they are still charged)");
+            return TRAFFIC_UNCOUNTED;
+        }
+        self.traffic_slots.insert(key, slot);
+        self.next_traffic_slot += 1;
+        slot
     }
 
     /// Forgets a cgroup that no longer exists. Its counters stay (they are keyed by agent id).
@@ -343,14 +402,18 @@ impl KernelMaps {
     /// Every counter, summed over CPUs, by (agent id, endpoint id).
     pub fn counters(&self) -> Result<BTreeMap<StatsKey, AgentCounters>, KernelError> {
         let mut out: BTreeMap<StatsKey, AgentCounters> = BTreeMap::new();
-        for entry in self.traffic.iter() {
-            let (key, per_cpu) = entry.map_err(map_err(names::TRAFFIC, "read"))?;
-            let c = out.entry(key).or_default();
+        for (&key, &slot) in self.traffic_slots.iter().filter(|(_, s)| **s != TRAFFIC_UNCOUNTED) {
+            let per_cpu = self.traffic.get(&slot, 0).map_err(map_err(names::TRAFFIC, "read"))?;
+            let mut sum = AgentCounters::default();
             for v in per_cpu.iter() {
-                c.tx_bytes += v.tx_bytes;
-                c.tx_packets += v.tx_packets;
-                c.rx_bytes += v.rx_bytes;
-                c.rx_packets += v.rx_packets;
+                sum.tx_bytes += v.tx_bytes;
+                sum.tx_packets += v.tx_packets;
+                sum.rx_bytes += v.rx_bytes;
+                sum.rx_packets += v.rx_packets;
+            }
+            // A slot is given out before its first packet; a pair shows once it has traffic.
+            if sum.tx_packets + sum.rx_packets > 0 {
+                out.insert(key, sum);
             }
         }
         for entry in self.conn_stats.iter() {
@@ -389,9 +452,7 @@ impl KernelMaps {
         if self.host_egress.get(&0, 0).is_ok() {
             return Ok(());
         }
-        let cpus = aya::util::nr_cpus().map_err(|(what, source)| KernelError::Io { what, source })?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![HostEgress::default(); cpus])
-            .map_err(|source| KernelError::Io { what: "per-CPU values", source })?;
+        let zeros = every_cpu(HostEgress::default())?;
         self.host_egress.insert(0, zeros, 0).map_err(map_err(names::HOST_EGRESS, "insert"))
     }
 
@@ -400,6 +461,34 @@ impl KernelMaps {
         let per_cpu = self.events_lost.get(&0, 0).map_err(map_err(names::EVENTS_LOST, "read"))?;
         Ok(per_cpu.iter().sum())
     }
+}
+
+/// The slots given out so far, as the map records them: 1, 2, ... up to the first whose key
+/// names no agent (they are given out in order and never reused).
+fn given_traffic_slots(
+    traffic: &PerCpuArray<MapData, TrafficCounters>,
+) -> Result<StdHashMap<StatsKey, u32>, KernelError> {
+    let mut slots = StdHashMap::new();
+    for slot in 1..TRAFFIC_SLOTS {
+        let per_cpu = traffic.get(&slot, 0).map_err(map_err(names::TRAFFIC, "read"))?;
+        let key = per_cpu.iter().next().map(|c| c.key).unwrap_or_default();
+        if key.agent_id == 0 {
+            break;
+        }
+        slots.insert(key, slot);
+    }
+    Ok(slots)
+}
+
+/// `v` as every possible CPU's copy of a per-CPU value.
+fn every_cpu<T: aya::Pod>(v: T) -> Result<PerCpuValues<T>, KernelError> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, source)| KernelError::Io { what, source })?;
+    PerCpuValues::try_from(vec![v; cpus]).map_err(|source| KernelError::Io { what: "per-CPU values", source })
+}
+
+/// The agent id of an allowlist key's first field (a rule id of either generation).
+fn agent_of(rule_id: [u8; 4]) -> u32 {
+    u32::from_be_bytes(rule_id) & !RULE_GENERATION_BIT
 }
 
 /// Inserts admitted `entries` whose key no configured rule answers; records what it inserted.

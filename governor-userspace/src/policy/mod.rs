@@ -338,7 +338,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
         .zip(&endpoints)
         .enumerate()
         .map(|(i, (e, c))| {
-            (e.name.get_ref().as_str(), (i, Rule { endpoint_id: c.id, last_use_s: 0, prices: c.prices }))
+            (e.name.get_ref().as_str(), (i, Rule { endpoint_id: c.id, prices: c.prices, ..Rule::default() }))
         })
         .collect();
 
