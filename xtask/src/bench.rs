@@ -21,6 +21,9 @@ use crate::build::{self, workspace_root};
 
 struct Plan {
     rounds: usize,
+    /// Untimed runs per comparison with the kernel's per-program accounting on (each of
+    /// governor and the floor); one run alone is at the mercy of this machine's swings.
+    accounting_runs: usize,
     iperf_secs: u32,
     connects: u64,
     sizes: Vec<usize>,
@@ -34,11 +37,21 @@ struct Plan {
 impl Plan {
     fn new(quick: bool, only: Option<String>) -> Self {
         if quick {
-            Self { rounds: 3, iperf_secs: 1, connects: 2000, sizes: vec![10, 10_000], idle_secs: 2, agents: 100, only }
+            Self {
+                rounds: 3,
+                accounting_runs: 1,
+                iperf_secs: 1,
+                connects: 2000,
+                sizes: vec![10, 10_000],
+                idle_secs: 2,
+                agents: 100,
+                only,
+            }
         } else {
             Self {
                 // Seven: this 2-core machine swings a throughput round by 10% either way.
                 rounds: 7,
+                accounting_runs: 3,
                 iperf_secs: 3,
                 connects: 20_000,
                 sizes: vec![10, 10_000, 100_000, 1_000_000],
@@ -87,11 +100,11 @@ struct Comparison {
     nftables: Vec<f64>,
     /// The same daemon with programs that let everything through: what the hooks cost alone.
     floor: Vec<f64>,
-    /// What each program that ran cost in the accounting run.
-    programs: Vec<ProgramRuns>,
+    /// What each program that ran cost, one list per accounting run.
+    programs: Vec<Vec<ProgramRuns>>,
     /// The same for the floor's programs (which only return "allow"): what an empty program
     /// costs under this workload, the reference each of governor's figures is read against.
-    floor_programs: Vec<ProgramRuns>,
+    floor_programs: Vec<Vec<ProgramRuns>>,
 }
 
 /// A program's runs and total run time in one accounting run (`kernel.bpf_stats_enabled`).
@@ -666,11 +679,13 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             probe()?;
             Ok(record_programs(&d))
         };
-        c.programs = accounted(&env.governor)?;
-        env.ensure_detached()?;
-        if alternatives {
-            c.floor_programs = accounted(&env.floor)?;
+        for _ in 0..plan.accounting_runs {
+            c.programs.push(accounted(&env.governor)?);
             env.ensure_detached()?;
+            if alternatives {
+                c.floor_programs.push(accounted(&env.floor)?);
+                env.ensure_detached()?;
+            }
         }
         comparisons.push(c);
         Ok(())
@@ -960,8 +975,22 @@ impl Drop for NetnsGuard {
     }
 }
 
-fn program_runs_json(runs: &[ProgramRuns]) -> Vec<Value> {
-    runs.iter().map(|p| json!({ "program": p.name, "runs": p.runs, "run_time_ns": p.time_ns })).collect()
+fn program_runs_json(accounting_runs: &[Vec<ProgramRuns>]) -> Vec<Vec<Value>> {
+    accounting_runs
+        .iter()
+        .map(|run| run.iter().map(|p| json!({ "program": p.name, "runs": p.runs, "run_time_ns": p.time_ns })).collect())
+        .collect()
+}
+
+/// The median over accounting runs of `name`'s ns per run, counting only runs where it ran
+/// `ProgramRuns::MEANINGFUL` times or more.
+fn median_ns_per_run(accounting_runs: &[Vec<ProgramRuns>], name: &str) -> Option<f64> {
+    let v: Vec<f64> = accounting_runs
+        .iter()
+        .filter_map(|run| run.iter().find(|p| p.name == name && p.runs >= ProgramRuns::MEANINGFUL))
+        .map(ProgramRuns::ns_per_run)
+        .collect();
+    (!v.is_empty()).then(|| median(&v))
 }
 
 fn report(
@@ -1049,25 +1078,22 @@ fn report(
     // Each program's cost over all accounting runs, weighted by runs: the workloads that run it
     // most decide its figure.
     let mut totals: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-    for p in comparisons.iter().flat_map(|c| &c.programs) {
+    for p in comparisons.iter().flat_map(|c| c.programs.iter().flatten()) {
         let t = totals.entry(&p.name).or_default();
         t.0 += p.runs;
         t.1 += p.time_ns;
     }
     let _ = writeln!(
         md,
-        "\nPer-program cost from the kernel's own accounting (`kernel.bpf_stats_enabled`, run time / runs), taken in\none more governed run of each comparison, untimed (the timed rounds run with the accounting off, as\nproduction hosts do). In brackets, the same program of the floor in the same workload: it only returns\n\"allow\", so that is what running any program there costs (the accounting's own clock reads included).\nFor scale: a minimal one-lookup cgroup_skb program measured 67 ns per packet on this kind of machine; the\ngoal is every per-packet program under 150 ns.\n\n| program | ns per run, all workloads | runs | by workload (floor) |\n|---|---|---|---|"
+        "\nPer-program cost from the kernel's own accounting (`kernel.bpf_stats_enabled`, run time / runs), taken in\n{} more run(s) each of governor and the floor per comparison, untimed (the timed rounds run with the\naccounting off, as production hosts do); by workload, the median over those runs. In brackets, the same\nprogram of the floor in the same workload: it only returns \"allow\", so that is what running any program\nthere costs (the accounting's own clock reads included). For scale: a minimal one-lookup cgroup_skb\nprogram measured 67 ns per packet on this kind of machine; the goal is every per-packet program under\n150 ns.\n\n| program | ns per run, all workloads | runs | by workload (floor) |\n|---|---|---|---|",
+        plan.accounting_runs
     );
     for (name, (runs, time)) in &totals {
         let by: Vec<String> = comparisons
             .iter()
             .filter_map(|c| {
-                let meaningful = |runs: &[ProgramRuns]| -> Option<f64> {
-                    let p = runs.iter().find(|p| p.name == *name && p.runs >= ProgramRuns::MEANINGFUL)?;
-                    Some(p.ns_per_run())
-                };
-                let governed = meaningful(&c.programs)?;
-                Some(match meaningful(&c.floor_programs) {
+                let governed = median_ns_per_run(&c.programs, name)?;
+                Some(match median_ns_per_run(&c.floor_programs, name) {
                     Some(floor) => format!("{}: {governed:.0} ({floor:.0})", c.name),
                     None => format!("{}: {governed:.0}", c.name),
                 })
