@@ -104,6 +104,22 @@ impl Default for AgentsRoot {
     }
 }
 
+/// Writes `dir/governor.toml`: a `[daemon]` table over `root` with its socket
+/// (`governor.sock`), state and audit log in `dir` and a free metrics port, then `body`. The
+/// config `Daemon::start_in` runs; tests that expect `governor run` to refuse use it directly.
+pub fn write_config(dir: &Path, root: &AgentsRoot, body: &str) -> PathBuf {
+    let config = dir.join("governor.toml");
+    let text = format!(
+        "[daemon]\nagents_root = {:?}\nsocket = {:?}\nmetrics = \"127.0.0.1:0\"\nstate_dir = {:?}\naudit_log = {:?}\n{body}",
+        root.relative,
+        dir.join("governor.sock").display().to_string(),
+        dir.join("state").display().to_string(),
+        dir.join("audit.jsonl").display().to_string(),
+    );
+    std::fs::write(&config, text).expect("write config");
+    config
+}
+
 impl AgentsRoot {
     /// Where the daemon serving this root pins its maps and links.
     pub fn pin_dir(&self) -> PathBuf {
@@ -244,15 +260,7 @@ impl Daemon {
     /// passes the first one's `dir()` to find its state again.
     pub fn start_in(dir: Arc<tempfile::TempDir>, root: &AgentsRoot, body: &str) -> Self {
         let socket = dir.path().join("governor.sock");
-        let config = dir.path().join("governor.toml");
-        let text = format!(
-            "[daemon]\nagents_root = {:?}\nsocket = {:?}\nmetrics = \"127.0.0.1:0\"\nstate_dir = {:?}\naudit_log = {:?}\n{body}",
-            root.relative,
-            socket.display().to_string(),
-            dir.path().join("state").display().to_string(),
-            dir.path().join("audit.jsonl").display().to_string(),
-        );
-        std::fs::write(&config, text).expect("write config");
+        let config = write_config(dir.path(), root, body);
         let log = OpenOptions::new().create(true).append(true).open(dir.path().join("daemon.log")).expect("log file");
         let child = Command::new(governor_bin())
             .args(["run", "--config"])

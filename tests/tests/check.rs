@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::Command};
 
-use governor_tests::{AgentsRoot, governor_bin, privileged};
+use governor_tests::{AgentsRoot, governor_bin, privileged, write_config};
 
 fn example(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
@@ -55,18 +55,7 @@ fn require_ready_refuses_to_start_on_a_fail() {
     }
     let root = AgentsRoot::new();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[daemon]\nagents_root = {:?}\nsocket = \"{}/g.sock\"\nstate_dir = \"{}/state\"\naudit_log = \"{}/audit.jsonl\"\nrequire_ready = true\n[[agent]]\nname = \"a1\"\n",
-            root.relative,
-            dir.path().display(),
-            dir.path().display(),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let path = write_config(dir.path(), &root, "require_ready = true\n[[agent]]\nname = \"a1\"\n");
     let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use governor_tests::{AgentsRoot, Daemon, Serve, Server, governor_bin, privileged, workload};
+use governor_tests::{AgentsRoot, Daemon, Serve, Server, governor_bin, privileged, workload, write_config};
 
 #[test]
 fn a_bad_config_exits_non_zero_naming_file_and_line() {
@@ -73,18 +73,7 @@ fn pins_of_an_older_map_layout_are_refused_with_what_to_do() {
     }
     let _cleanup = Remove(old.clone());
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("governor.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[daemon]\nagents_root = {:?}\nsocket = {:?}\nstate_dir = {:?}\naudit_log = {:?}\n",
-            root.relative,
-            dir.path().join("governor.sock"),
-            dir.path().join("state"),
-            dir.path().join("audit.jsonl")
-        ),
-    )
-    .unwrap();
+    let path = write_config(dir.path(), &root, "");
     let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -2,9 +2,9 @@
 //! run. Each comparison runs interleaved rounds A (governor attached) and B (none), computes the
 //! ratio pair by pair, and reports median, min and max; the floor (the daemon with programs that
 //! let everything through, so the hooks' own cost) runs alongside in every comparison, and
-//! nftables doing the same job (per-cgroup counters and an allowlist set) where it can. Writes bench/REPORT.md
-//! and bench/report.json. All traffic is on loopback or into a network namespace the bench
-//! creates.
+//! nftables doing the same job (per-cgroup counters and an allowlist set) where it can. Writes
+//! bench/REPORT.md and bench/report.json. All traffic is on loopback or into a network namespace
+//! the bench creates.
 
 use std::{
     fmt::Write as _,
@@ -554,7 +554,6 @@ fn criterion(quick: bool) -> anyhow::Result<Vec<Micro>> {
 
 /// (measure, result, goal) of the measurements that are not A/B comparisons.
 type Singles = Vec<(String, String, String)>;
-/// Nanoseconds per run of each program, one value per governor round.
 fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)> {
     let mut comparisons = Vec::new();
     let mut singles: Singles = Vec::new();
@@ -621,14 +620,6 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             std::thread::sleep(Duration::from_millis(300));
             probe()
         };
-        let governed = |c: &mut Comparison| -> anyhow::Result<()> {
-            c.governor.push(daemon_round(&env.governor)?);
-            Ok(())
-        };
-        let floor = |c: &mut Comparison| -> anyhow::Result<()> {
-            c.floor.push(daemon_round(&env.floor)?);
-            Ok(())
-        };
         let nftables = |c: &mut Comparison, round: usize| -> anyhow::Result<()> {
             if !with_nftables {
                 return Ok(());
@@ -648,8 +639,8 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
             // Interleaved so that drift hits every variant alike, and in mirrored order (A D B C,
             // then C B D A) so that a steady drift does not favour whichever runs first.
             if round % 2 == 0 {
-                governed(&mut c)?;
-                floor(&mut c)?;
+                c.governor.push(daemon_round(&env.governor)?);
+                c.floor.push(daemon_round(&env.floor)?);
                 env.ensure_detached()?;
                 c.baseline.push(probe()?);
                 nftables(&mut c, round)?;
@@ -657,8 +648,8 @@ fn measure(env: &Env, plan: &Plan) -> anyhow::Result<(Vec<Comparison>, Singles)>
                 env.ensure_detached()?;
                 nftables(&mut c, round)?;
                 c.baseline.push(probe()?);
-                floor(&mut c)?;
-                governed(&mut c)?;
+                c.floor.push(daemon_round(&env.floor)?);
+                c.governor.push(daemon_round(&env.governor)?);
             }
             env.ensure_detached()?;
             eprintln!(
@@ -974,11 +965,13 @@ impl Drop for NetnsGuard {
     }
 }
 
+/// One program's runs and run time as report.json records them.
+fn runs_json(program: &str, runs: u64, run_time_ns: u64) -> Value {
+    json!({ "program": program, "runs": runs, "run_time_ns": run_time_ns })
+}
+
 fn program_runs_json(accounting_runs: &[Vec<ProgramRuns>]) -> Vec<Vec<Value>> {
-    accounting_runs
-        .iter()
-        .map(|run| run.iter().map(|p| json!({ "program": p.name, "runs": p.runs, "run_time_ns": p.time_ns })).collect())
-        .collect()
+    accounting_runs.iter().map(|run| run.iter().map(|p| runs_json(&p.name, p.runs, p.time_ns)).collect()).collect()
 }
 
 /// The median over accounting runs of `name`'s ns per run, counting only runs where it ran
@@ -1129,8 +1122,7 @@ fn report(
     let dir = workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("REPORT.md"), &md)?;
-    let programs_json: Vec<Value> =
-        totals.iter().map(|(n, (runs, time))| json!({ "program": n, "runs": runs, "run_time_ns": time })).collect();
+    let programs_json: Vec<Value> = totals.iter().map(|(n, (runs, time))| runs_json(n, *runs, *time)).collect();
     let singles_json: Vec<Value> =
         singles.iter().map(|(m, r, g)| json!({ "measure": m, "result": r, "goal": g })).collect();
     let micro_json: Vec<Value> = micro

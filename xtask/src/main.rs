@@ -38,7 +38,7 @@ enum Command {
     },
     /// Measure what governing costs against no governor, nftables, and the hooks alone (programs
     /// that let everything through) in the same run; writes bench/REPORT.md and
-    /// bench/report.json. Needs root. About 11 minutes; --quick about 3.
+    /// bench/report.json. Needs root. About 12 minutes; --quick about 1.5 once built.
     Bench {
         #[arg(long)]
         quick: bool,
