@@ -72,7 +72,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         d.admin_group.as_ref().map(|g| g.get_ref().as_str()),
     )?;
     let socket_group = groups.read.as_ref().or(groups.admin.as_ref()).map(|(_, gid)| *gid);
-    let control_listener = control::bind(d.socket.get_ref(), socket_group)?;
+    let mut control_socket = control::ControlSocket::bind(d.socket.get_ref(), socket_group)?;
+    let control_listener = control_socket.take_listener();
     let metrics_addr: std::net::SocketAddr = d.metrics.get_ref().parse().expect("validated address");
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
@@ -83,7 +84,11 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         format!("cannot listen for agents' DNS on loopback port {dns_port} (dns.proxy_port; 0 picks a free one)")
     })?;
 
+    let fresh_pins = !crate::kernel::pins::pin_dir(&crate::kernel::pins::bpffs()?, &root.path).exists();
     let pins = PinDir::open(&root.path)?;
+    // A start that fails before it is running takes back the pins it created; pins it adopted
+    // stay, with the previous daemon's programs enforcing.
+    let mut unpin_on_failure = Unpin(fresh_pins.then(|| pins.base.clone()));
     let mut kernel = Kernel::load(root.agent_level, *d.events_buffer_bytes.get_ref() as u32, pins)?;
     let adopted = kernel.adopted;
     let (mut maps, events) = kernel.take_maps()?;
@@ -148,7 +153,6 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let hooks = Arc::new(Hooks::from_config(&config.config.notify));
     let (notify_tx, notify_rx) = mpsc::channel(notify::QUEUE);
     let (done_tx, done_rx) = mpsc::channel(notify::QUEUE);
-    let socket_path = d.socket.get_ref().clone();
     let governor = Arc::new(Governor {
         policy: std::sync::RwLock::new(Arc::new(policy)),
         config_path: config_path.clone(),
@@ -185,6 +189,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     governor.tick(unix_now(), true)?;
+    unpin_on_failure.0 = None;
 
     // Handlers go in before the socket answers: a SIGTERM sent as soon as the daemon is ready
     // must stop it cleanly, not kill it. Each is created once; a stream made per loop turn
@@ -208,6 +213,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(())
     });
     tasks.spawn(deliveries(governor.clone(), done_rx));
+    // Only now may anyone find the socket: every program is attached and the maps are filled.
+    control_socket.publish()?;
+    tracing::info!(socket = %control_socket.path().display(), "control socket ready");
 
     let result = loop {
         tokio::select! {
@@ -246,11 +254,22 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let _ = governor.audit("daemon_stop", None, json!({ "pid": std::process::id(), "programs": programs }));
-    if let Err(e) = std::fs::remove_file(&socket_path) {
-        tracing::warn!(path = %socket_path.display(), error = %e, "could not remove the control socket");
-    }
+    drop(control_socket);
     tracing::info!(programs, "governor stopped; maps stay pinned with the spend");
     result
+}
+
+/// Removes the pin directory it holds when dropped: the pins a failed start created.
+struct Unpin(Option<PathBuf>);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove the pins of a failed start");
+        }
+    }
 }
 
 /// Drains the ring buffer as events arrive. Losing events never loses counts: those live in

@@ -68,8 +68,8 @@ fn main() -> std::process::ExitCode {
         Command::Top { count, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::top(count, &socket)))
         }
-        Command::Exec { agent, user, allow_root, socket, command } => {
-            match governor::cli::exec(&agent, user.as_deref(), allow_root, &socket, &command) {
+        Command::Exec { agent, user, allow_root, unlisted, socket, command } => {
+            match governor::cli::exec(&agent, user.as_deref(), allow_root, unlisted, &socket, &command) {
                 Ok(code) => return std::process::ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => Err(e),
             }
@@ -97,7 +97,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("governor: error: {e:#}");
+            eprintln!("governor: error: {}", governor::cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -170,9 +170,12 @@ fn status_without_a_daemon_says_what_to_do() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot connect to governor at /nonexistent/governor.sock") && stderr.contains("governor run"),
+        stderr.contains("no governor daemon at /nonexistent/governor.sock: the socket does not exist")
+            && stderr.contains("governor run"),
         "{stderr}"
     );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("os error"), "the hint says it all: {stderr}");
 }
 
 #[test]
@@ -215,4 +218,69 @@ fn lost_events_leave_a_gap_record_and_no_count_is_lost() {
     assert_eq!(gap, lost, "the gap records account for every lost event");
     let metrics = daemon.metrics();
     assert!(metrics.lines().any(|l| l == format!("governor_events_lost_total {lost}")), "{metrics}");
+}
+
+/// A start that fails after binding its socket and pinning its maps takes both back: the next
+/// `governor status` says there is no daemon, not "connection refused", and bpffs keeps nothing.
+#[test]
+fn a_failed_start_leaves_no_socket_and_no_pins() {
+    if !privileged("a_failed_start_leaves_no_socket_and_no_pins") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let dir = tempfile::tempdir().unwrap();
+    // The interface does not exist: the start fails at the last attach, after everything else.
+    let path = write_config(dir.path(), &root, "[host]\ninterfaces = [\"gov-none0\"]\n");
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("gov-none0"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("governor: error:")).count(), 1, "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains(".sock")), "socket files left: {left:?}");
+    assert!(!root.pin_dir().exists(), "pins left at {}", root.pin_dir().display());
+    let status =
+        Command::new(governor_bin()).args(["status", "--socket"]).arg(dir.path().join("governor.sock")).output();
+    let stderr = String::from_utf8_lossy(&status.as_ref().unwrap().stderr).into_owned();
+    assert!(stderr.contains("no governor daemon at") && stderr.contains("does not exist"), "{stderr}");
+}
+
+/// The socket appears only once the daemon enforces: whoever starts agents as soon as it sees the
+/// socket file (a script, a supervisor) never runs one ungoverned.
+#[test]
+fn once_the_socket_exists_a_forbidden_connect_is_refused() {
+    if !privileged("once_the_socket_exists_a_forbidden_connect_is_refused") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let agent = root.cgroup("a1");
+    let forbidden = Server::start(Serve::Sink);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &root, "[[agent]]\nname = \"a1\"\n");
+    let socket = dir.path().join("governor.sock");
+    let mut child = Command::new(governor_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited during start-up");
+        assert!(std::time::Instant::now() < deadline, "no socket within 20 s");
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let outcome = workload(Some(&agent), &["connect", &forbidden.addr("127.0.0.1")]);
+    let _stop = Stop(child);
+    assert!(outcome.eperm(), "a connect right after the socket appeared was not refused: {outcome:?}");
 }

@@ -314,7 +314,84 @@ fn exec_runs_in_the_agent_as_a_user_and_refuses_root() {
 
     // --allow-root is honoured when asked for.
     assert!(exec(&["--agent", "a1", "--allow-root", "--", "true"]).status.success());
-    // A new agent's cgroup is created on demand (and then discovered).
-    assert!(exec(&["--agent", "fresh", "--user", "nobody", "--", "true"]).status.success());
+    // A name the config does not know is refused (a typo must not start an ungoverned agent),
+    // with the agents listed, and no cgroup is made.
+    let out = exec(&["--agent", "a2", "--user", "nobody", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr.contains("no agent named \"a2\"; the agents are: a1.") && stderr.contains("--unlisted"), "{stderr}");
+    assert!(!root.path.join("a2").exists());
+    // With --unlisted, a new cgroup is created and the daemon governs it before the command runs:
+    // its first connect is already counted.
+    let out = exec(&[
+        "--agent",
+        "fresh",
+        "--unlisted",
+        "--user",
+        "nobody",
+        "--",
+        workload.to_str().unwrap(),
+        "connect",
+        &sink.addr("127.0.0.1"),
+    ]);
+    assert!(out.status.code() == Some(2) || out.status.success(), "{out:?}");
     assert!(root.path.join("fresh").is_dir());
+    let fresh = daemon.wait_until("fresh's first connect counted", 5, |s| {
+        s["agents"].as_array().unwrap().iter().any(|a| {
+            a["name"] == "fresh"
+                && a["totals"]["allowed"].as_u64().unwrap_or(0)
+                    + a["totals"]["would_deny"].as_u64().unwrap_or(0)
+                    + a["totals"]["denied"].as_u64().unwrap_or(0)
+                    >= 1
+        })
+    });
+    drop(fresh);
+    // A command that is not there says so, with the shell's exit status.
+    let out = exec(&["--agent", "a1", "--user", "nobody", "--", "/nonexistent/agent"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent: command not found"), "{out:?}");
+}
+
+/// `governor top` as a person sees it: in a terminal (tmux), each refresh redraws the screen in
+/// place instead of printing escape codes as text and scrolling.
+#[test]
+fn top_redraws_in_place_in_a_terminal() {
+    if !privileged("top_redraws_in_place_in_a_terminal") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, ""));
+    let session = format!("governor-top-{}", std::process::id());
+    struct Tmux(String);
+    impl Drop for Tmux {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).status();
+        }
+    }
+    let top = format!("{} top --count 5 --socket {}; sleep 30", governor_bin().display(), daemon.socket.display());
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session, "-x", "140", "-y", "30", &top])
+        .status()
+        .expect("tmux (cargo xtask test installs it)");
+    assert!(started.success());
+    let _tmux = Tmux(session.clone());
+    let screen = || {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Wait for the third refresh (the rates need two), reading the screen as it is.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut text = screen();
+    while !(text.contains("a1") && text.contains("enforcing")) || text.matches("AGENT").count() == 0 {
+        assert!(Instant::now() < deadline, "top never drew its table:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+        text = screen();
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = screen();
+    assert_eq!(text.matches("AGENT").count(), 1, "one table on the screen, redrawn in place:\n{text}");
+    assert_eq!(text.matches("Ctrl-C to leave").count(), 1, "{text}");
+    assert!(!text.contains("\\x1b") && !text.contains("\\n") && !text.contains("[2J"), "escape codes as text:\n{text}");
+    assert!(text.lines().next().is_some_and(|l| l.starts_with("governor ")), "the header is at the top:\n{text}");
 }

@@ -231,15 +231,27 @@ impl Env {
     }
 
     /// The bench daemons' pin directories, under every layout version present
-    /// (`/sys/fs/bpf/governor/<version>/<agents root as a file name>`), so a layout bump in
+    /// (`/sys/fs/bpf/governor/<version>/<key>`, the key being the agents root's readable name,
+    /// a dash and a hash; older versions used the readable name alone), so a layout bump in
     /// governor cannot make the checks here look at an empty directory.
     fn pins(&self) -> Vec<PathBuf> {
-        let name = self.root.to_string_lossy().trim_start_matches('/').replace('/', "_");
+        let legacy = self.root.to_string_lossy().trim_start_matches('/').replace('/', "_");
+        let readable: String =
+            legacy.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' }).collect();
+        let ours = |name: &str| {
+            name == legacy
+                || name
+                    .strip_prefix(&readable)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
         std::fs::read_dir("/sys/fs/bpf/governor")
             .into_iter()
             .flatten()
             .flatten()
-            .map(|version| version.path().join(&name))
+            .flat_map(|version| std::fs::read_dir(version.path()).into_iter().flatten().flatten())
+            .filter(|pin| ours(&pin.file_name().to_string_lossy()))
+            .map(|pin| pin.path())
             .collect()
     }
 

@@ -62,14 +62,26 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Setup => prereqs::ensure(),
         Command::BuildEbpf => build::ebpf().map(drop),
         Command::Build { release } => build::all(release).map(drop),
-        Command::Run { release, args } => run::run(release, &args),
+        // The daemon has said why it stopped; pass its exit status on and add nothing.
+        Command::Run { release, args } => match run::run(release, &args) {
+            Ok(code) => return std::process::ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Test { args } => test::run(&args),
         Command::Bench { quick, only } => bench::run(quick, only),
         Command::Fuzz { cases } => fuzz::run(cases),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // One line with its causes, never a backtrace: these are a user's errors, not bugs.
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -58,6 +58,47 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     .context("installing bpf-linker")
 }
 
+/// Programs the kernel tests drive, and the Debian packages that bring them: curl and Python's
+/// urllib as real clients, ip for the test namespaces, promtool for the alert rules' tests,
+/// tmux to read `governor top` as a person sees it, unshare for the README test's private
+/// mounts.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("python3", "python3"),
+    ("ip", "iproute2"),
+    ("promtool", "prometheus"),
+    ("tmux", "tmux"),
+    ("unshare", "util-linux"),
+];
+
+/// Installs the tests' tools that are missing (as root, with apt-get); without root, says which
+/// are missing: the kernel tests need root anyway and skip without it.
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(program, _)| {
+            !std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !nix_is_root() {
+        eprintln!(
+            "xtask: the kernel tests need {} (not installed); as root: apt-get install -y {}",
+            missing.join(", "),
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: installing what the tests drive: {}", missing.join(" "));
+    status(cmd("apt-get").arg("update").arg("-qq"))?;
+    status(cmd("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("installing the tests' tools")
+}
+
 pub fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

@@ -4,7 +4,8 @@ use anyhow::Context as _;
 
 use crate::{build, prereqs::nix_is_root};
 
-pub fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
+/// Returns the daemon's exit status (signals as 128 + the signal's number, as shells do).
+pub fn run(release: bool, args: &[String]) -> anyhow::Result<u8> {
     let binary = build::all(release)?;
     let mut c = if nix_is_root() {
         std::process::Command::new(&binary)
@@ -16,8 +17,10 @@ pub fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
     };
     c.arg("run").args(args);
     let status = c.status().with_context(|| format!("cannot start {}", binary.display()))?;
-    if !status.success() {
-        anyhow::bail!("governor exited with {status}");
-    }
-    Ok(())
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code.clamp(0, 255) as u8,
+        (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
+        (None, None) => 1,
+    })
 }

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use crate::build::{self, cmd};
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    crate::prereqs::ensure_test_tools()?;
     let binary = build::all(false)?;
     if std::env::var_os("GOVERNOR_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
         eprintln!("xtask: GOVERNOR_REQUIRE_PRIVILEGED=1: a skipped kernel test fails the run");

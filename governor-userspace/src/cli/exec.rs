@@ -55,11 +55,17 @@ fn identity(user: Option<&str>) -> anyhow::Result<Identity> {
     Ok(Identity { uid: found.uid.as_raw(), gid: found.gid.as_raw(), name: found.name })
 }
 
-/// Finds (or creates) the agent's cgroup, then runs the command in it; returns its exit code.
+/// How long `--unlisted` waits for the daemon to take up a cgroup it creates (discovery runs
+/// every second).
+const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Finds the agent's cgroup (or, with `unlisted`, creates one the daemon then governs as an
+/// unlisted agent), then runs the command in it; returns its exit code.
 pub fn run(
     agent: &str,
     user: Option<&str>,
     allow_root: bool,
+    unlisted: bool,
     socket: &Path,
     command: &[String],
 ) -> anyhow::Result<i32> {
@@ -71,15 +77,51 @@ pub fn run(
              or --allow-root if you accept that"
         );
     }
-    let status: Status = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(Client::new(socket).get_json("/v1/status"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = Client::new(socket);
+    let status: Status = runtime.block_on(client.get_json("/v1/status"))?;
     let dir = match status.agents.iter().find(|a| a.name == agent) {
         Some(a) => std::path::PathBuf::from(&a.cgroup),
-        None => Path::new(&status.agents_root).join(agent),
+        None if !unlisted => {
+            let mut names: Vec<&str> = status.agents.iter().map(|a| a.name.as_str()).collect();
+            names.sort_unstable();
+            bail!(
+                "no agent named {agent:?}; the agents are: {}. Pass --unlisted to start it in a new cgroup \
+                 {}/{agent} that the daemon governs as an unlisted agent (daemon.unlisted_agents)",
+                if names.is_empty() { "(none)".to_owned() } else { names.join(", ") },
+                status.agents_root
+            )
+        }
+        None => {
+            if agent.is_empty() || agent.contains('/') || agent == "." || agent == ".." {
+                bail!("--agent {agent:?}: an unlisted agent's name is one directory name under the agents root");
+            }
+            let dir = Path::new(&status.agents_root).join(agent);
+            std::fs::create_dir(&dir)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .with_context(|| format!("cannot create the agent's cgroup {}", dir.display()))?;
+            // Not a process may run in it before the kernel knows it as an agent.
+            let deadline = std::time::Instant::now() + DISCOVERY_WAIT;
+            loop {
+                let status: Status = runtime.block_on(client.get_json("/v1/status"))?;
+                if status.agents.iter().any(|a| a.name == agent) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = std::fs::remove_dir(&dir);
+                    bail!(
+                        "the daemon did not take up {} as an agent within {} s: its daemon.unlisted_agents is \
+                         probably \"ignore\". Name the agent in the config, or set unlisted_agents = \"observe\"",
+                        dir.display(),
+                        DISCOVERY_WAIT.as_secs()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            dir
+        }
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the agent's cgroup {}", dir.display()))?;
+    drop(runtime);
     let cgroup = std::fs::File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
 
     // Everything the child needs is prepared here: after clone3 it only makes system calls.
@@ -91,7 +133,16 @@ pub fn run(
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let groups = [who.gid as libc::gid_t];
-    let failed = c"governor exec: could not drop privileges or start the command\n";
+    // The child cannot format after clone3, so each failure's line is written out here.
+    let message = |text: String| CString::new(text).unwrap_or_default();
+    let no_user = message(format!(
+        "governor exec: cannot switch to user {} (uid {}, gid {}) or set no_new_privs\n",
+        who.name, who.uid, who.gid
+    ));
+    let not_found = message(format!("governor exec: {}: command not found\n", command[0]));
+    let not_allowed =
+        message(format!("governor exec: {}: permission denied (not executable by {})\n", command[0], who.name));
+    let cannot_run = message(format!("governor exec: {}: cannot run it\n", command[0]));
 
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
@@ -116,12 +167,18 @@ pub fn run(
                 || libc::setuid(who.uid) != 0
                 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
             {
-                libc::write(2, failed.as_ptr().cast(), failed.count_bytes());
+                libc::write(2, no_user.as_ptr().cast(), no_user.count_bytes());
                 libc::_exit(126);
             }
             libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
-            libc::write(2, failed.as_ptr().cast(), failed.count_bytes());
-            libc::_exit(127);
+            // As shells do: 127 for a command that is not there, 126 for one that cannot run.
+            let (line, code) = match *libc::__errno_location() {
+                libc::ENOENT => (&not_found, 127),
+                libc::EACCES => (&not_allowed, 126),
+                _ => (&cannot_run, 126),
+            };
+            libc::write(2, line.as_ptr().cast(), line.count_bytes());
+            libc::_exit(code);
         }
     }
     drop(cgroup);

@@ -191,6 +191,11 @@ pub enum Command {
         /// Allow running the agent as root (root can leave its cgroup and unload the programs).
         #[arg(long)]
         allow_root: bool,
+        /// Start an agent the configuration does not name, in a new cgroup under the agents
+        /// root; the daemon governs it as an unlisted agent (daemon.unlisted_agents). Without
+        /// this, an unknown name is refused, so a typo cannot start an ungoverned agent.
+        #[arg(long)]
+        unlisted: bool,
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
         #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -324,4 +329,33 @@ pub async fn status(json: bool, host: bool, socket: PathBuf) -> anyhow::Result<(
 
 pub async fn spend(agent: Option<String>, by: Option<SpendBy>, json: bool, socket: PathBuf) -> anyhow::Result<()> {
     spend::run(agent.as_deref(), by, json, &socket).await
+}
+
+/// An error and its causes as one line, each cause once: error types that name their cause in
+/// their own message (as `std::io::Error`'s wrappers often do) would otherwise say it twice.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EPERM);
+        let e = anyhow::Error::new(io).context("cannot create pin directory /x: Operation not permitted (os error 1)");
+        assert_eq!(super::error_line(&e), "cannot create pin directory /x: Operation not permitted (os error 1)");
+        let e = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT)).context("cannot open /y");
+        assert_eq!(super::error_line(&e), "cannot open /y: No such file or directory (os error 2)");
+    }
 }

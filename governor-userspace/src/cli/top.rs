@@ -1,7 +1,13 @@
 //! `governor top`: every agent's state, spend, rates, budget and pending checkpoint, refreshed
 //! every second. Plain ANSI (home and clear), so it works over SSH in any terminal.
 
-use std::{collections::HashMap, fmt::Write as _, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{IsTerminal as _, Write as _},
+    path::Path,
+    time::Duration,
+};
 
 use crate::{control::Client, status::Status};
 
@@ -15,7 +21,17 @@ pub async fn run(count: Option<u64>, socket: &Path) -> anyhow::Result<()> {
     loop {
         let s: Status = client.get_json("/v1/status").await?;
         let now = std::time::Instant::now();
-        print!("\\x1b[H\\x1b[2J{}", frame(&s, previous.as_ref().map(|(t, m)| (now.duration_since(*t), m))));
+        let text = frame(&s, previous.as_ref().map(|(t, m)| (now.duration_since(*t), m)));
+        // On a terminal each frame replaces the last (cursor home, clear); piped, frames follow
+        // each other as plain text.
+        let mut out = std::io::stdout().lock();
+        if out.is_terminal() {
+            write!(out, "\x1b[H\x1b[2J{text}")?;
+        } else {
+            writeln!(out, "{text}")?;
+        }
+        out.flush()?;
+        drop(out);
         previous = Some((
             now,
             s.agents
@@ -33,7 +49,7 @@ pub async fn run(count: Option<u64>, socket: &Path) -> anyhow::Result<()> {
 
 fn frame(s: &Status, previous: Option<(Duration, &Totals)>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "governor {} — {} agents — {} (Ctrl-C to leave)\\n", s.version, s.agents.len(), s.currency);
+    let _ = writeln!(out, "governor {} — {} agents — {} (Ctrl-C to leave)\n", s.version, s.agents.len(), s.currency);
     let _ = writeln!(
         out,
         "{:<20} {:<11} {:>12} {:>6} {:>11} {:>11} {:>7} {:>7}  PENDING",
@@ -71,7 +87,7 @@ fn frame(s: &Status, previous: Option<(Duration, &Totals)>) -> String {
     if let Some(h) = &s.host_budget {
         let _ = writeln!(
             out,
-            "\\nhost budget: {} of {} ({})",
+            "\nhost budget: {} of {} ({})",
             h.window_spend,
             h.limit.as_deref().unwrap_or("no limit"),
             h.state

@@ -10,7 +10,13 @@ use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to governor at {}: {source}; is the daemon running (`governor run`), and may you read its socket (root or its group)?", path.display())]
+    #[error("no governor daemon at {}: the socket does not exist. Start one (`sudo governor run`), or name its socket with --socket or GOVERNOR_SOCKET", path.display())]
+    NoDaemon { path: PathBuf },
+    #[error("no governor daemon answers at {}: the socket file is there but nothing listens on it (a daemon that was killed?). Start one with `sudo governor run`", path.display())]
+    Refused { path: PathBuf },
+    #[error("may not talk to governor at {}: reading status needs root or daemon.read_group, control needs root or daemon.admin_group", path.display())]
+    Denied { path: PathBuf },
+    #[error("cannot connect to governor at {}", path.display())]
     Connect {
         path: PathBuf,
         #[source]
@@ -18,8 +24,22 @@ pub enum ClientError {
     },
     #[error("talking to governor at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },
-    #[error("governor answered {status}: {message}")]
+    /// The daemon understood and said no; `status` is the HTTP status, for callers that decide
+    /// on it, and stays out of the message.
+    #[error("governor refused: {message}")]
     Daemon { status: u16, message: String },
+}
+
+impl ClientError {
+    fn connect(path: &Path, source: std::io::Error) -> Self {
+        let path = path.to_owned();
+        match source.kind() {
+            std::io::ErrorKind::NotFound => Self::NoDaemon { path },
+            std::io::ErrorKind::ConnectionRefused => Self::Refused { path },
+            std::io::ErrorKind::PermissionDenied => Self::Denied { path },
+            _ => Self::Connect { path, source },
+        }
+    }
 }
 
 pub struct Client {
@@ -69,9 +89,8 @@ impl Client {
         body: Option<String>,
         mut chunk: impl FnMut(&[u8]),
     ) -> Result<Bytes, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
+        let stream =
+            UnixStream::connect(&self.socket).await.map_err(|source| ClientError::connect(&self.socket, source))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| self.proto(e.to_string()))?;
         let conn = tokio::spawn(conn);

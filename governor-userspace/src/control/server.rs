@@ -5,7 +5,11 @@
 //!   `GET /v1/audit/head` (read)
 //! - `POST /v1/agents/{name}/pause|resume|kill|ack`, `POST /v1/pause`, `POST /v1/resume` (admin)
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use axum::{
@@ -29,10 +33,22 @@ use crate::{
     oversight::ControlError,
 };
 
-/// Binds the control socket at `path`: creates its directory, refuses to take over a socket a
-/// live daemon is serving, and replaces a stale one left by a crash. Mode 0660, group `group`.
-pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+/// The control socket, bound under a temporary name beside `daemon.socket` until the daemon is
+/// ready: whoever waits for the socket file to appear (a supervisor, a script, `governor
+/// status`) finds it only once every program is attached. Dropped unpublished, it removes the
+/// file, so a failed start leaves nothing that answers "connection refused".
+pub struct ControlSocket {
+    listener: Option<UnixListener>,
+    pending: PathBuf,
+    path: PathBuf,
+    published: bool,
+}
+
+impl ControlSocket {
+    /// Binds the socket for `path`: creates its directory, refuses to take over a socket a live
+    /// daemon is serving, and removes a stale one left by a crash. Mode 0660, group `group`.
+    pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket directory {} (daemon.socket)", dir.display()))?;
         let mode = std::fs::metadata(dir)?.permissions().mode();
@@ -42,26 +58,64 @@ pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
                 dir.display()
             );
         }
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another governor is already serving {}; stop it first or set daemon.socket to another path",
-                path.display()
-            );
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another governor is already serving {}; stop it first or set daemon.socket to another path",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        let name = path.file_name().map_or_else(|| "governor.sock".into(), |n| n.to_string_lossy().into_owned());
+        let pending = dir.join(format!(".{name}.starting"));
+        match std::fs::remove_file(&pending) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot remove {} left by an earlier start", pending.display()));
+            }
+        }
+        let listener = UnixListener::bind(&pending)
+            .with_context(|| format!("cannot bind control socket {} (daemon.socket)", path.display()))?;
+        let socket = Self { listener: Some(listener), pending, path: path.to_owned(), published: false };
+        if let Some(gid) = group {
+            nix::unistd::chown(&socket.pending, None, Some(gid.into()))
+                .with_context(|| format!("cannot give {} to group {gid}", socket.pending.display()))?;
+        }
+        // Owner and group only: status reveals every agent's traffic; the daemon checks each caller.
+        std::fs::set_permissions(&socket.pending, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("cannot set permissions on {}", socket.pending.display()))?;
+        Ok(socket)
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind control socket {} (daemon.socket)", path.display()))?;
-    if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(gid.into()))
-            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+
+    /// The listener, to serve on; the socket file stays this value's to publish and remove.
+    pub fn take_listener(&mut self) -> UnixListener {
+        self.listener.take().expect("the listener is taken once")
     }
-    // Owner and group only: status reveals every agent's traffic; the daemon checks each caller.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot set permissions on {}", path.display()))?;
-    Ok(listener)
+
+    /// Gives the socket its real name: from now on clients find the daemon.
+    pub fn publish(&mut self) -> anyhow::Result<()> {
+        std::fs::rename(&self.pending, &self.path)
+            .with_context(|| format!("cannot rename {} to {}", self.pending.display(), self.path.display()))?;
+        self.published = true;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let file = if self.published { &self.path } else { &self.pending };
+        if let Err(e) = std::fs::remove_file(file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %file.display(), error = %e, "could not remove the control socket");
+        }
+    }
 }
 
 /// Connections served at once; more are closed at once, so a flood cannot exhaust the daemon.
