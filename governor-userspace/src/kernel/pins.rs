@@ -199,9 +199,9 @@ mod tests {
 
     #[test]
     fn pin_keys_are_valid_bpffs_names_and_do_not_collide() {
-        let roots = ["/a/b", "/a_b", "/a.b", "/a-b", "/a b", "/a/b/", "/ä/b", &format!("/{}", "x".repeat(300))];
+        let roots = ["/a/b", "/a_b", "/a.b", "/a-b", "/a b", "/a_b_", "/ä/b", &format!("/{}", "x".repeat(300))];
         let keys: std::collections::HashSet<String> = roots.iter().map(|r| pin_key(Path::new(r))).collect();
-        assert_eq!(keys.len(), roots.len() - 1, "only the trailing slash names the same root: {keys:?}");
+        assert_eq!(keys.len(), roots.len(), "{keys:?}");
         for k in &keys {
             assert!(!k.contains('.') && !k.contains('/') && k.len() <= KEY_PREFIX_MAX + 17, "{k}");
         }
