@@ -41,15 +41,29 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // Refuse a policy that cannot compile before touching the kernel.
     policy::compile(&config.config).with_context(|| format!("config {}", config.source_name.display()))?;
     let readiness = crate::readiness::report::build(&config);
-    for item in readiness.items.iter().filter(|i| i.verdict == crate::readiness::Verdict::Fail) {
-        tracing::warn!(check = %item.check, reason = %item.reason, key = ?item.key, "readiness FAIL");
+    // One line: the report itself is `governor check`'s to print.
+    let failed: Vec<&str> = readiness
+        .items
+        .iter()
+        .filter(|i| i.verdict == crate::readiness::Verdict::Fail)
+        .map(|i| i.key.as_deref().unwrap_or(i.check.as_str()))
+        .collect();
+    let report = format!("governor check --config {}", config.source_name.display());
+    if failed.is_empty() {
+        tracing::info!(
+            pass = readiness.pass,
+            warn = readiness.warn,
+            "readiness check: ready ({report} for the report)"
+        );
+    } else {
+        tracing::warn!(
+            pass = readiness.pass,
+            warn = readiness.warn,
+            fail = readiness.fail,
+            "readiness check: not ready; FAIL at {} ({report} for the report)",
+            failed.join(", ")
+        );
     }
-    tracing::info!(
-        pass = readiness.pass,
-        warn = readiness.warn,
-        fail = readiness.fail,
-        "readiness check (governor check --config for the report)"
-    );
     if config.config.daemon.require_ready && !readiness.ready {
         anyhow::bail!(
             "daemon.require_ready is set and the readiness check has {} FAIL(s); run `governor check --config {}` for the report",
@@ -225,8 +239,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 let g = governor.clone();
                 let by = crate::control::auth::Caller { uid: None, gid: None, pid: None, user: Some("SIGHUP".into()) };
                 match tokio::task::spawn_blocking(move || g.reload(&by)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "reload on SIGHUP refused"),
+                    // A refusal is logged and audited by reload itself.
+                    Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "reload on SIGHUP failed"),
                 }
             }

@@ -38,8 +38,10 @@ fn main() -> std::process::ExitCode {
         Command::Pause { agent, all: _, reason, socket } => current_thread().and_then(|rt| {
             rt.block_on(governor::cli::control("pause", agent.as_deref(), reason.as_deref(), None, &socket))
         }),
-        Command::Resume { agent, all: _, socket } => current_thread()
-            .and_then(|rt| rt.block_on(governor::cli::control("resume", agent.as_deref(), None, None, &socket))),
+        Command::Resume { agent, all: _, budget, socket } => current_thread().and_then(|rt| {
+            let action = if budget { "resume-budget" } else { "resume" };
+            rt.block_on(governor::cli::control(action, agent.as_deref(), None, None, &socket))
+        }),
         Command::Kill { agent, socket } => current_thread()
             .and_then(|rt| rt.block_on(governor::cli::control("kill", Some(&agent), None, None, &socket))),
         Command::Ack { agent, note, socket } => current_thread()
@@ -110,5 +112,11 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal: a file or the journal would keep the escape codes as text.
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

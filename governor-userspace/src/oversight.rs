@@ -17,6 +17,14 @@ pub enum ControlError {
     NoAgent { name: String, known: String },
     #[error("agent {0:?} has no pending checkpoint to acknowledge")]
     NoCheckpoint(String),
+    #[error(
+        "agent {0:?} is not paused; its budget suspends it: `governor resume --budget {0}` lifts that for the rest of the window, or raise its budget and `governor reload`"
+    )]
+    OnlyBudgetSuspended(String),
+    #[error("agent {0:?} is not paused and not at a checkpoint: nothing to resume")]
+    NotPaused(String),
+    #[error("agent {0:?} is not suspended by its budget: nothing to lift")]
+    NotSuspended(String),
     #[error("refused: the audit log cannot be written ({0}); nothing was changed")]
     Unrecorded(String),
     #[error(transparent)]
@@ -60,20 +68,27 @@ impl Governor {
         Ok(())
     }
 
-    /// Resumes `agent` (a pause, a checkpoint, a budget suspension). With `ack`, only a pending
-    /// checkpoint is lifted, and the record is an acknowledgement with its note.
-    pub fn resume(&self, agent: &str, by: &Caller, ack: Option<&str>) -> Result<(), ControlError> {
+    /// Resumes `agent` from a pause or a checkpoint, not from a budget suspension (see
+    /// `resume_budget`). With `ack`, only a pending checkpoint is lifted, and the record is an
+    /// acknowledgement with its note. With `all`, an agent that is not paused is left alone
+    /// (`Ok(false)`); alone, it is an error that says what holds the agent.
+    pub fn resume(&self, agent: &str, by: &Caller, ack: Option<&str>, all: bool) -> Result<bool, ControlError> {
+        let (pause, suspended) = {
+            let core = self.core();
+            (core.books.account(agent).and_then(|a| a.paused.clone()), core.books.budget_suspended(agent))
+        };
         if ack.is_some() {
-            let pending = {
-                let core = self.core();
-                core.books.account(agent).and_then(|a| a.paused.clone()).is_some_and(|p| p.kind == "checkpoint")
-            };
-            if !pending {
+            if pause.as_ref().is_none_or(|p| p.kind != "checkpoint") {
                 return Err(ControlError::NoCheckpoint(agent.to_owned()));
             }
             self.record("ack", agent, json!({ "note": ack, "by": by }))?;
         } else {
-            self.record("resume", agent, json!({ "by": by }))?;
+            match (&pause, suspended) {
+                (None, _) if all => return Ok(false),
+                (None, true) => return Err(ControlError::OnlyBudgetSuspended(agent.to_owned())),
+                (None, false) => return Err(ControlError::NotPaused(agent.to_owned())),
+                (Some(p), _) => self.record("resume", agent, json!({ "by": by, "lifted": p.kind }))?,
+            }
         }
         {
             let mut core = self.core();
@@ -81,6 +96,23 @@ impl Governor {
             books.resume(agent, unix_now(), maps)?;
         }
         tracing::info!(agent, by = %by.describe(), ack = ?ack, "resumed");
+        self.save_now();
+        Ok(true)
+    }
+
+    /// Lifts `agent`'s budget suspension for the rest of its window: an explicit act, audited
+    /// as `budget_resume`. The `resumed` notice follows from the next tick, with this reason.
+    pub fn resume_budget(&self, agent: &str, by: &Caller) -> Result<(), ControlError> {
+        if !self.core().books.budget_suspended(agent) {
+            return Err(ControlError::NotSuspended(agent.to_owned()));
+        }
+        self.record("budget_resume", agent, json!({ "by": by }))?;
+        {
+            let mut core = self.core();
+            let crate::governor::Core { maps, books, .. } = &mut *core;
+            books.lift_budget(agent, maps)?;
+        }
+        tracing::warn!(agent, by = %by.describe(), "budget suspension lifted for the rest of the window");
         self.save_now();
         Ok(())
     }

@@ -70,8 +70,22 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<&'static str>
 }
 
 impl Governor {
-    /// Reloads the configuration from where it came from. Returns what changed.
+    /// Reloads the configuration from where it came from. Returns what changed. A refusal is
+    /// audited too (`policy_reload_refused`, with the reason and who asked), whether it came
+    /// through the socket or SIGHUP.
     pub fn reload(&self, by: &Caller) -> Result<Value, ReloadError> {
+        let result = self.try_reload(by);
+        if let Err(e) = &result {
+            let error = e.to_string();
+            tracing::error!(%error, by = %by.describe(), "reload refused");
+            if let Err(audit) = self.audit("policy_reload_refused", None, json!({ "error": error, "by": by })) {
+                tracing::error!(error = %audit, "the refused reload could not be audited");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, by: &Caller) -> Result<Value, ReloadError> {
         let new = match &self.config_path {
             Some(p) => LoadedConfig::from_file(p).map_err(|e| ReloadError::Config(Box::new(e)))?,
             None => LoadedConfig::default_config(),
@@ -92,13 +106,7 @@ impl Governor {
             let rules = crate::agents::Rules { policy: &compiled, admitted: &admitted };
             let changed = match agents.apply(rules, &self.root, maps, books, true, unix_now()) {
                 Ok(c) => c,
-                Err(e) => {
-                    let error = e.to_string();
-                    tracing::error!(%error, "the kernel did not take the new policy; the running policy stays");
-                    let _ =
-                        self.audit("policy_reload_refused", None, json!({ "sha256": new.sha256(), "error": error }));
-                    return Err(ReloadError::Apply(Box::new(e)));
-                }
+                Err(e) => return Err(ReloadError::Apply(Box::new(e))),
             };
             crate::dns::admit::retain_allowed(names, &compiled);
             let d = &compiled.dns;

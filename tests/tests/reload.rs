@@ -106,4 +106,21 @@ fn a_bad_reload_is_refused_and_the_running_policy_stays() {
     assert!(workload(Some(&agent), &["connect", &a.addr("127.0.0.1")]).ok());
     assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).eperm());
     assert!(!daemon.audit_log().iter().any(|r| r["kind"] == "policy_reload"));
+
+    // Every refusal is audited with its reason and who asked, SIGHUP's too.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refused = loop {
+        let refused: Vec<serde_json::Value> =
+            daemon.audit_log().into_iter().filter(|r| r["kind"] == "policy_reload_refused").collect();
+        if refused.len() == 3 || std::time::Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(refused.len(), 3, "two refused by the CLI, one by SIGHUP: {refused:?}");
+    assert!(refused[0]["details"]["error"].as_str().unwrap().contains("prefix length"), "{refused:?}");
+    assert_eq!(refused[0]["details"]["by"]["uid"], 0, "{refused:?}");
+    assert!(refused[1]["details"]["error"].as_str().unwrap().contains("daemon.socket changed"));
+    assert_eq!(refused[2]["details"]["by"]["user"], "SIGHUP", "{refused:?}");
 }

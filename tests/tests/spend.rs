@@ -400,3 +400,62 @@ fn notices_are_posted_to_the_url_hook_with_retries() {
     assert_eq!(bodies[0]["window_spend"], "0.600000");
     assert_eq!(daemon.status()["notifications"]["failed"], 0, "the first attempt failed, the retry succeeded");
 }
+
+/// A budget suspension is lifted by a raised limit (with that reason), or explicitly by
+/// `resume --budget`; a plain `resume`, alone or with --all, lifts only pauses and checkpoints.
+#[test]
+fn a_raised_budget_resumes_and_plain_resume_leaves_a_budget_suspension_alone() {
+    if !privileged("a_raised_budget_resumes_and_plain_resume_leaves_a_budget_suspension_alone") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let body = |limit: &str| {
+        agent_with(&api(sink.port, r#"{ connection = "0.25" }"#), &format!("budget = {{ limit = \"{limit}\" }}"))
+    };
+    let daemon = Daemon::start(&root, &body("1.00"));
+    let agent = root.path.join("a1");
+    let connect = || workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]);
+    for _ in 0..4 {
+        assert!(connect().ok());
+    }
+    assert!(connect().eperm());
+    daemon.wait_until("suspended", 5, |s| s["agents"][0]["state"] == "suspended");
+
+    let out = daemon.cli_output(&["resume", "a1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("its budget suspends it") && stderr.contains("resume --budget a1"), "{stderr}");
+    assert!(!stderr.contains("409"), "no HTTP status in what the operator reads: {stderr}");
+    let out = daemon.cli(&["resume", "--all"]);
+    assert!(out.contains("no agent was paused"), "{out}");
+    assert!(connect().eperm(), "still suspended");
+    assert!(!daemon.audit_log().iter().any(|r| r["kind"] == "resumed"), "no false resumed notice");
+
+    // Raised, reloaded: resumed at once, with the reason that is true.
+    governor_tests::write_config(daemon.dir().path(), &root, &body("2.00"));
+    daemon.cli(&["reload"]);
+    daemon.wait_until("resumed by the raised budget", 5, |s| s["agents"][0]["state"] == "enforcing");
+    let resumed: Vec<Value> = daemon.audit_log().into_iter().filter(|r| r["kind"] == "resumed").collect();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0]["details"]["reason"], "the budget was raised from 1.000000 to 2.000000", "{resumed:?}");
+    for _ in 0..4 {
+        assert!(connect().ok());
+    }
+    assert!(connect().eperm());
+    daemon.wait_until("suspended again", 5, |s| s["agents"][0]["state"] == "suspended");
+
+    // The explicit act: past the ceiling for the rest of the window, audited as such.
+    let out = daemon.cli(&["resume", "--budget", "a1"]);
+    assert!(out.contains("budget suspension lifted"), "{out}");
+    assert!(daemon.audit_log().iter().any(|r| r["kind"] == "budget_resume" && r["agent"] == "a1"));
+    daemon.wait_until("resumed by the operator", 5, |s| s["agents"][0]["state"] == "enforcing");
+    assert!(connect().ok(), "the ceiling is lifted for this window");
+    let reasons: Vec<Value> = daemon
+        .audit_log()
+        .into_iter()
+        .filter(|r| r["kind"] == "resumed")
+        .map(|r| r["details"]["reason"].clone())
+        .collect();
+    assert_eq!(reasons[1], "an operator lifted the suspension for the rest of the window", "{reasons:?}");
+}

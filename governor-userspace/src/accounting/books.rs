@@ -301,8 +301,9 @@ impl Books {
         Ok(true)
     }
 
-    /// Resumes `owner`: lifts a pause, a pending checkpoint (its milestones start again from
-    /// here) and a budget suspension. The kernel sees it when this returns.
+    /// Resumes `owner`: lifts a pause or a pending checkpoint (its milestones start again from
+    /// here), not a budget suspension. The kernel sees it when this returns. Returns the pause
+    /// lifted (None: it was not paused), or None for no such account.
     pub fn resume(
         &mut self,
         owner: &str,
@@ -314,11 +315,27 @@ impl Books {
         if was.as_ref().is_some_and(|p| p.kind == "checkpoint") {
             a.marks = Marks { spent: a.spent, time: now, connections: a.marks.connections };
         }
-        if a.ledger.suspended {
-            a.ledger.lift();
+        if was.is_some() {
+            a.write_control(maps)?;
+        }
+        Ok(Some(was))
+    }
+
+    /// An operator lifts `owner`'s budget suspension for the rest of the window: the ceiling is
+    /// not enforced again until the window rolls or the limit changes. False when the budget has
+    /// not suspended it.
+    pub fn lift_budget(&mut self, owner: &str, maps: &mut KernelMaps) -> Result<bool, KernelError> {
+        let Some(a) = self.accounts.get_mut(owner) else { return Ok(false) };
+        if !a.ledger.lift(a.spec.limit) {
+            return Ok(false);
         }
         a.write_control(maps)?;
-        Ok(Some(was))
+        Ok(true)
+    }
+
+    /// Whether `owner`'s budget holds it suspended now.
+    pub fn budget_suspended(&self, owner: &str) -> bool {
+        self.accounts.get(owner).is_some_and(|a| a.ledger.suspended)
     }
 
     /// Sets `owner`'s rate and concurrency limits (from the config); the kernel has them at once.

@@ -48,6 +48,13 @@ pub struct Ledger {
     /// Rolling windows: (unix second, spend total) samples, oldest first.
     #[serde(default)]
     pub samples: VecDeque<(i64, u64)>,
+    /// The limit in force when the budget suspended the agent: a larger one resumes it.
+    #[serde(default)]
+    pub suspended_at_limit: Option<Money>,
+    /// An operator lifted the suspension (`governor resume --budget`): the ceiling is not
+    /// enforced until the window rolls or the limit changes.
+    #[serde(default)]
+    pub overridden: Option<Money>,
 }
 
 /// Something that must be told: audited, logged, counted, notified.
@@ -76,6 +83,7 @@ impl Ledger {
     /// reached the ceiling.
     pub fn tick(&mut self, spec: &BudgetSpec, now: i64, spent: u64, exhausted_generation: u32) -> Vec<Notice> {
         let mut out = Vec::new();
+        let mut lifted: Option<String> = None;
         match spec.window {
             Window::Total => {}
             Window::Hour | Window::Day | Window::Month => {
@@ -87,6 +95,8 @@ impl Ledger {
                     self.window_base = spent;
                     self.crossed.clear();
                     self.generation = self.generation.wrapping_add(1).max(1);
+                    self.overridden = None;
+                    lifted = Some("a new window began".to_owned());
                 }
             }
             Window::Rolling(d) => self.slide(d.as_secs() as i64, now, spent),
@@ -114,6 +124,10 @@ impl Ledger {
                 if self.suspended && exhausted && spend_pct < spec.resume_percent() {
                     self.generation = self.generation.wrapping_add(1).max(1);
                     still_exhausted = false;
+                    lifted = Some(format!(
+                        "spend in the rolling window fell to {spend_pct}% of the limit, below the resume threshold of {}%",
+                        spec.resume_percent()
+                    ));
                 }
                 if !still_exhausted {
                     self.crossed.retain(|t| spend_pct >= u64::from(*t));
@@ -121,17 +135,52 @@ impl Ledger {
             }
         }
 
-        let suspended = spec.limit.is_some()
-            && spec.on_exhausted == OnExhausted::Suspend
-            && exhausted_generation == self.generation;
+        // A limit other than the one an operator's override was given under ends the override.
+        if self.overridden.is_some() && self.overridden != spec.limit {
+            self.overridden = None;
+        }
+        // Spend is held just below the ceiling by refunds, so "room" means a larger limit than
+        // the one the agent was suspended at.
+        if self.suspended
+            && let (Some(new), Some(old)) = (spec.limit, self.suspended_at_limit)
+            && new > old
+            && exhausted_generation == self.generation
+        {
+            self.generation = self.generation.wrapping_add(1).max(1);
+            lifted = Some(format!("the budget was raised from {old} to {new}"));
+        }
+        let enforced = spec.limit.is_some() && spec.on_exhausted == OnExhausted::Suspend && self.overridden.is_none();
+        let suspended = enforced && exhausted_generation == self.generation;
         if suspended != self.suspended {
             self.suspended = suspended;
+            if suspended {
+                self.suspended_at_limit = spec.limit;
+            }
             out.push(match (suspended, spec.limit) {
                 (true, Some(limit)) => Notice::Suspended { window_spend, limit },
-                _ => Notice::Resumed { reason: resume_reason(&out) },
+                _ => Notice::Resumed {
+                    reason: lifted.unwrap_or_else(|| match (spec.limit, spec.on_exhausted, self.overridden) {
+                        (None, _, _) => "the budget was removed".to_owned(),
+                        (_, OnExhausted::Alert, _) => "on_exhausted is now \"alert\"".to_owned(),
+                        (_, _, Some(_)) => "an operator lifted the suspension for the rest of the window".to_owned(),
+                        _ => "the kernel no longer refuses at the ceiling".to_owned(),
+                    }),
+                },
             });
         }
         out
+    }
+
+    /// An operator's override of a suspension (`governor resume --budget`): the ceiling `limit`
+    /// is not enforced again until the window rolls or the limit changes. False when the budget
+    /// had not suspended the agent.
+    pub fn lift(&mut self, limit: Option<Money>) -> bool {
+        if !self.suspended {
+            return false;
+        }
+        self.overridden = limit;
+        self.generation = self.generation.wrapping_add(1).max(1);
+        true
     }
 
     fn slide(&mut self, window: i64, now: i64, spent: u64) {
@@ -161,11 +210,6 @@ impl Ledger {
         }
     }
 
-    /// Lifts a suspension now (an operator's resume, or a raised limit).
-    pub fn lift(&mut self) {
-        self.generation = self.generation.wrapping_add(1).max(1);
-    }
-
     /// The budget state the kernel must enforce.
     pub fn control(&self, spec: &BudgetSpec) -> Control {
         match spec.limit {
@@ -180,18 +224,14 @@ impl Ledger {
                 ceiling: self.window_base.saturating_add(limit.0),
                 window_base: self.window_base,
                 generation: self.generation,
-                flags: if spec.on_exhausted == OnExhausted::Suspend { CONTROL_ENFORCE_CEILING } else { 0 },
+                flags: if spec.on_exhausted == OnExhausted::Suspend && self.overridden.is_none() {
+                    CONTROL_ENFORCE_CEILING
+                } else {
+                    0
+                },
                 ..Control::default()
             },
         }
-    }
-}
-
-fn resume_reason(notices: &[Notice]) -> String {
-    if notices.iter().any(|n| matches!(n, Notice::WindowRolled { .. })) {
-        "new window".to_owned()
-    } else {
-        "spend fell below the resume threshold or the budget was raised".to_owned()
     }
 }
 
@@ -249,6 +289,47 @@ mod tests {
         let none = BudgetSpec::none();
         assert_eq!(l.control(&none).ceiling, u64::MAX);
         assert_eq!(l.control(&none).flags, 0);
+    }
+
+    fn resumed(n: &[Notice]) -> Option<&str> {
+        n.iter().find_map(|n| if let Notice::Resumed { reason } = n { Some(reason.as_str()) } else { None })
+    }
+
+    #[test]
+    fn raising_the_limit_resumes_with_that_reason_and_keeping_it_does_not() {
+        const ONE: u64 = 1_000_000_000_000;
+        let s = spec(ONE, Window::Total);
+        let mut l = Ledger::new(0, 0);
+        // The kernel refused at the ceiling (refunds hold spend just below it).
+        let n = l.tick(&s, 1, ONE - 1, 1);
+        assert!(n.iter().any(|x| matches!(x, Notice::Suspended { .. })) && l.suspended);
+        assert!(l.tick(&s, 2, ONE - 1, 1).is_empty(), "the same limit keeps it suspended");
+        let raised = spec(2 * ONE, Window::Total);
+        let n = l.tick(&raised, 3, ONE - 1, 1);
+        assert_eq!(resumed(&n), Some("the budget was raised from 1.000000 to 2.000000"), "{n:?}");
+        assert!(!l.suspended && l.control(&raised).generation != 1, "the kernel's generation moved on");
+        // Lowered again below the spend: the kernel refuses at the new ceiling and says so.
+        let n = l.tick(&s, 4, ONE - 1, l.generation);
+        assert!(n.iter().any(|x| matches!(x, Notice::Suspended { .. })));
+    }
+
+    #[test]
+    fn an_operator_override_holds_until_the_window_rolls() {
+        let s = spec(1000, Window::Hour);
+        let t0 = datetime!(2026-11-26 09:10 UTC).unix_timestamp();
+        let mut l = Ledger::new(t0, 0);
+        l.tick(&s, t0 + 1, 999, 1);
+        assert!(l.suspended);
+        assert!(l.lift(s.limit));
+        let n = l.tick(&s, t0 + 2, 999, 1);
+        assert_eq!(resumed(&n), Some("an operator lifted the suspension for the rest of the window"));
+        assert_eq!(l.control(&s).flags & CONTROL_ENFORCE_CEILING, 0, "the ceiling is not enforced");
+        // The next hour enforces again.
+        let next = t0 + 3600;
+        l.tick(&s, next, 5000, 0);
+        assert!(l.overridden.is_none());
+        assert_ne!(l.control(&s).flags & CONTROL_ENFORCE_CEILING, 0);
+        assert!(!l.lift(s.limit), "nothing to lift: not suspended");
     }
 
     #[test]

@@ -61,9 +61,20 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     move |source| StateError::Io { op, path: path.to_owned(), source }
 }
 
-/// Creates `dir` (mode 0700) if needed and refuses one that others may write.
+/// Creates the state directory (mode 0700: it holds every agent's spend; parents as
+/// `create_dir_all` makes them) and refuses one others may write to.
 pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
-    std::fs::create_dir_all(dir).map_err(io("create state directory", dir))?;
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create state directory", parent))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create state directory", dir)(e)),
+        }
+    }
     let meta = std::fs::metadata(dir).map_err(io("stat state directory", dir))?;
     if meta.permissions().mode() & 0o002 != 0 {
         return Err(StateError::Io {
@@ -116,6 +127,15 @@ pub fn save(dir: &Path, state: &SavedState) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lib/governor");
+        prepare_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777, 0o700);
+    }
 
     #[test]
     fn round_trips_and_replaces_atomically() {

@@ -24,13 +24,14 @@ pub async fn run(
         match action {
             "pause" => println!("{name}: paused (connects refused, traffic dropped)"),
             "resume" => println!("{name}: resumed"),
+            "resume-budget" => println!("{name}: budget suspension lifted until the window rolls or the limit changes"),
             "ack" => println!("{name}: checkpoint acknowledged, resumed"),
             "kill" => println!("{name}: paused and killed {} process(es)", a["result"]["processes"]),
             _ => println!("{name}: {action}"),
         }
     }
     if answer["agents"].as_array().is_none_or(Vec::is_empty) {
-        println!("no agents");
+        println!("{}", if action == "resume" { "no agent was paused" } else { "no agents" });
     }
     Ok(())
 }

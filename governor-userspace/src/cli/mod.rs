@@ -120,13 +120,21 @@ pub enum Command {
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
     },
-    /// Resume an agent (or --all): lifts a pause, a pending checkpoint and a budget suspension.
-    #[command(after_help = "Examples:\n  sudo governor resume scanner\n  sudo governor resume --all")]
+    /// Resume an agent (or --all) from a pause or a pending checkpoint. A budget suspension is
+    /// lifted only by --budget AGENT (for the rest of the window), a raised budget, or a new window.
+    #[command(
+        after_help = "Examples:\n  sudo governor resume scanner\n  sudo governor resume --all\n  sudo governor resume --budget scanner   # past its ceiling until the window rolls"
+    )]
     Resume {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         agent: Option<String>,
+        /// Every paused agent.
         #[arg(long)]
         all: bool,
+        /// Lift AGENT's budget suspension instead: its ceiling is not enforced until the window
+        /// rolls or the limit changes. Audited as budget_resume.
+        #[arg(long, conflicts_with = "all")]
+        budget: bool,
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
     },
@@ -157,9 +165,11 @@ pub enum Command {
         /// Record kind: denied, pause, resume, ack, kill, threshold_crossed, suspended, ...
         #[arg(long)]
         kind: Option<String>,
-        /// A duration back from now (90s, 10m, 2h, 1d) or an RFC 3339 time.
+        /// A duration back from now (90s, 10m, 2h, 1d, 1w) or an RFC 3339 time
+        /// (2026-11-26T09:00:00Z). Without it, every record; with --follow, none from before.
         #[arg(long)]
         since: Option<String>,
+        /// Stream new records as they are written (from now on, or from --since).
         #[arg(long)]
         follow: bool,
         #[arg(long)]

@@ -27,7 +27,6 @@ use tokio::net::UnixListener;
 
 use super::auth::{Caller, PeerInfo, Role};
 use crate::{
-    accounting::window::parse_duration,
     audit::Record,
     governor::{Governor, unix_now},
     oversight::ControlError,
@@ -315,21 +314,29 @@ async fn control(
     action: String,
     body: ControlBody,
 ) -> Response {
-    if !matches!(action.as_str(), "pause" | "resume" | "kill" | "ack") {
-        return error(StatusCode::NOT_FOUND, &format!("no action {action:?} (pause, resume, kill, ack)"));
+    if !matches!(action.as_str(), "pause" | "resume" | "resume-budget" | "kill" | "ack") {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no action {action:?} (pause, resume, resume-budget, kill, ack)"),
+        );
     }
     let caller = match authorize(&g, &peer, Role::Admin, &action, name.as_deref()) {
         Ok(c) => c,
         Err(r) => return *r,
     };
     let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ControlError> {
+        let all = name.is_none();
         let agents = g.resolve(name.as_deref())?;
         let mut done = Vec::new();
         for agent in &agents {
             let outcome = match action.as_str() {
                 "pause" => g.pause(agent, body.reason.as_deref().unwrap_or("operator"), &caller).map(|()| json!({})),
-                "resume" => g.resume(agent, &caller, None).map(|()| json!({})),
-                "ack" => g.resume(agent, &caller, Some(body.note.as_deref().unwrap_or(""))).map(|()| json!({})),
+                "resume" => match g.resume(agent, &caller, None, all)? {
+                    true => Ok(json!({})),
+                    false => continue,
+                },
+                "resume-budget" => g.resume_budget(agent, &caller).map(|()| json!({})),
+                "ack" => g.resume(agent, &caller, Some(body.note.as_deref().unwrap_or("")), false).map(|_| json!({})),
                 "kill" => g.kill(agent, &caller).map(|n| json!({ "processes": n })),
                 _ => unreachable!("checked above"),
             }?;
@@ -341,11 +348,42 @@ async fn control(
     match result {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e @ ControlError::NoAgent { .. })) => error(StatusCode::NOT_FOUND, &e.to_string()),
-        Ok(Err(e @ ControlError::NoCheckpoint(_))) => error(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(
+            e @ (ControlError::NoCheckpoint(_)
+            | ControlError::OnlyBudgetSuspended(_)
+            | ControlError::NotPaused(_)
+            | ControlError::NotSuspended(_)),
+        )) => error(StatusCode::CONFLICT, &e.to_string()),
         Ok(Err(e @ ControlError::Unrecorded(_))) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("control task failed: {e}")),
     }
+}
+
+/// The start of `events --since`: a duration back from `now` (`0s`, `90s`, `30m`, `2h`, `1d`,
+/// `1w`) or an RFC 3339 time.
+fn parse_since(s: &str, now: i64) -> Result<time::OffsetDateTime, String> {
+    let forms = "use a duration back from now (90s, 30m, 2h, 1d, 1w) or an RFC 3339 time (2026-11-26T09:00:00Z)";
+    if let Some(split) = s.find(|c: char| !c.is_ascii_digit()).filter(|i| *i > 0) {
+        let (n, unit) = s.split_at(split);
+        let unit_secs = match unit {
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86400),
+            "w" => Some(7 * 86400),
+            _ => None,
+        };
+        if let (Ok(n), Some(unit_secs)) = (n.parse::<i64>(), unit_secs) {
+            return n
+                .checked_mul(unit_secs)
+                .and_then(|back| now.checked_sub(back))
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .ok_or_else(|| format!("{s:?} reaches back before any time governor can name; {forms}"));
+        }
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("{s:?} is not a time governor understands; {forms}"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,23 +424,13 @@ async fn events(
     if let Err(r) = authorize(&g, &peer, Role::Read, "events", q.agent.as_deref()) {
         return *r;
     }
-    let since = match q.since.as_deref().map(|s| {
-        parse_duration(s)
-            .map(|d| time::OffsetDateTime::from_unix_timestamp(unix_now() - d.as_secs() as i64).expect("valid time"))
-            .or_else(|_| {
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                    .map_err(|e| e.to_string())
-            })
-    }) {
-        Some(Err(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("since: {e} (use a duration such as 10m, or an RFC 3339 time)"),
-            );
-        }
+    let since = match q.since.as_deref().map(|s| parse_since(s, unix_now())) {
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("since: {e}")),
         Some(Ok(t)) => Some(t),
         None => None,
     };
+    // `--follow` alone starts from now; with `since`, it replays from there first.
+    let replay = !(q.follow && since.is_none());
     let filter = Arc::new(Filter { agent: q.agent, kind: q.kind, since });
     // Subscribe before reading the files, so nothing written in between is missed.
     let (live, path) = {
@@ -417,7 +445,7 @@ async fn events(
             for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
                 if let Ok(r) = serde_json::from_str::<Record>(line) {
                     last_seq = Some(r.seq);
-                    if f.matches(&r) {
+                    if replay && f.matches(&r) {
                         if out.len() == MAX_EVENTS {
                             out.pop_front();
                         }
@@ -460,4 +488,25 @@ async fn events(
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(past.chain(live)))
         .expect("response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_takes_the_documented_forms_and_names_them_when_wrong() {
+        let now = 1_800_000_000;
+        for (text, back) in [("0s", 0), ("30s", 30), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1w", 604800)] {
+            assert_eq!(parse_since(text, now).unwrap().unix_timestamp(), now - back, "{text}");
+        }
+        assert_eq!(parse_since("2026-11-26T09:00:00Z", now).unwrap().unix_timestamp(), 1_795_683_600);
+        for bad in ["30", "5M", "1y", "", "m", "yesterday"] {
+            let e = parse_since(bad, now).unwrap_err();
+            assert!(e.contains("90s, 30m, 2h, 1d, 1w") && !e.contains("component"), "{bad}: {e}");
+        }
+        let e = parse_since("999999999999s", now).unwrap_err();
+        assert!(e.contains("reaches back before"), "{e}");
+        assert!(parse_since("99999999999999999999s", now).is_err());
+    }
 }
