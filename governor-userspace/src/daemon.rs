@@ -21,7 +21,6 @@ use crate::{
     kernel::{Kernel, PinDir, decode_event},
     metrics,
     notify::{self, Delivery, Hooks},
-    policy,
 };
 
 /// How often the agents root is rescanned for new and removed agent cgroups.
@@ -39,15 +38,16 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         None => LoadedConfig::default_config(),
     };
     // Refuse a policy that cannot compile before touching the kernel.
-    policy::compile(&config.config).with_context(|| format!("config {}", config.source_name.display()))?;
+    config.compile()?;
     let readiness = crate::readiness::report::build(&config);
     // One line: the report itself is `governor check`'s to print.
-    let failed: Vec<&str> = readiness
+    let mut failed: Vec<&str> = readiness
         .items
         .iter()
         .filter(|i| i.verdict == crate::readiness::Verdict::Fail)
         .map(|i| i.key.as_deref().unwrap_or(i.check.as_str()))
         .collect();
+    failed.dedup();
     let report = format!("governor check --config {}", config.source_name.display());
     if failed.is_empty() {
         tracing::info!(
@@ -108,7 +108,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let (mut maps, events) = kernel.take_maps()?;
     // Install the generation the adopted maps do not use, so the switch is clean (see agents.rs).
     let generation = maps.current_generation().map_or(0, |g| 1 - g);
-    let policy = policy::compile_generation(&config.config, generation)?;
+    let policy = config.compile_generation(generation)?;
     let now = unix_now();
     let outbox = saved.as_ref().map(|s| s.outbox.clone()).unwrap_or_default();
     let mut books = Books::open(&policy.currency, policy.host.clone(), saved, adopted, now, &mut maps)?;

@@ -47,10 +47,18 @@ fn blocked(maps: &KernelMaps, slot: u32) -> Option<(&'static str, String)> {
     for (s, whose) in [(slot, "the agent"), (HOST_SLOT, "the host")] {
         let (Ok(c), Ok(sp)) = (maps.control(s), maps.spend(s)) else { continue };
         if c.flags & CONTROL_PAUSED != 0 {
-            return Some(("paused", format!("{whose} is paused (`governor resume` or `governor ack` lifts it)")));
+            return Some((
+                "paused",
+                format!("{whose} is paused (`governor resume`, or `governor ack` at a checkpoint, lifts it)"),
+            ));
         }
         if c.flags & CONTROL_ENFORCE_CEILING != 0 && sp.exhausted_generation == c.generation {
-            return Some(("budget", format!("{whose} reached its budget ceiling and is suspended")));
+            return Some((
+                "budget",
+                format!(
+                    "{whose} reached its budget ceiling and is suspended (a new window, a raised budget or `governor resume --budget` lifts it)"
+                ),
+            ));
         }
     }
     None
@@ -171,7 +179,10 @@ impl Governor {
         if observe {
             e.because.push("the agent is in observe mode: nothing is refused, would-be denials are counted".into());
         }
-        if let Some(ep) = e.endpoint.as_deref().and_then(|n| policy.endpoints.iter().find(|x| x.name == n))
+        // Limits matter only to a connect that would otherwise go through.
+        let refused = e.verdict == "denied";
+        if !refused
+            && let Some(ep) = e.endpoint.as_deref().and_then(|n| policy.endpoints.iter().find(|x| x.name == n))
             && !ep.limits.is_none()
         {
             let live = core.maps.endpoint_live_of(&governor_common::StatsKey { agent_id: a.id, endpoint_id: ep.id });
@@ -184,7 +195,7 @@ impl Governor {
                 l.max_concurrent.map_or("unlimited".into(), |c| c.to_string()),
             ));
         }
-        if let Some(acc) = core.books.account(&a.name) {
+        if let Some(acc) = core.books.account(&a.name).filter(|_| !refused) {
             let l = acc.limits;
             if let Some(cpm) = l.connections_per_minute {
                 e.because.push(format!(

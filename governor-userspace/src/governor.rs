@@ -44,9 +44,9 @@ pub struct EventLog {
     pub malformed: u64,
     pub recent: VecDeque<Denial>,
     /// Denials since the last flush to the audit log, by (agent id, reason, verdict, hook):
-    /// a count and a few example destinations. A scan of a million addresses makes a few
-    /// records a second, not a million.
-    pub pending: BTreeMap<DenialKey, (u64, Vec<String>)>,
+    /// a count, a few example destinations and the pids that tried. A scan of a million
+    /// addresses makes a few records a second, not a million.
+    pub pending: BTreeMap<DenialKey, (u64, Vec<String>, Vec<u32>)>,
 }
 
 /// What denials are aggregated by in the audit log.
@@ -74,6 +74,9 @@ impl EventLog {
             && !entry.1.contains(dest)
         {
             entry.1.push(dest.clone());
+        }
+        if entry.2.len() < DENIAL_EXAMPLES && !entry.2.contains(&d.pid) {
+            entry.2.push(d.pid);
         }
         if self.recent.len() == RECENT_DENIALS {
             self.recent.pop_front();
@@ -376,13 +379,13 @@ impl Governor {
             return;
         }
         let names: BTreeMap<u32, String> = self.core().agents.iter().map(|a| (a.id, a.name.clone())).collect();
-        for (DenialKey { agent_id, reason, verdict, hook }, (count, examples)) in pending {
+        for (DenialKey { agent_id, reason, verdict, hook }, (count, examples, pids)) in pending {
             let agent = names.get(&agent_id).cloned().unwrap_or_else(|| format!("(agent {agent_id:#x})"));
             let kind = if verdict == "would_deny" { "would_deny" } else { "denied" };
             let _ = self.audit(
                 kind,
                 Some(&agent),
-                json!({ "reason": reason, "hook": hook, "count": count, "examples": examples }),
+                json!({ "reason": reason, "hook": hook, "count": count, "examples": examples, "pids": pids }),
             );
         }
     }
@@ -440,7 +443,7 @@ impl Governor {
             by_agent.entry(key.agent_id).or_default().push((key.endpoint_id, c));
         }
 
-        let agent_status = core
+        let mut agent_status: Vec<AgentStatus> = core
             .agents
             .iter()
             .map(|a| {
@@ -506,6 +509,7 @@ impl Governor {
                 }
             })
             .collect();
+        agent_status.sort_by(|a, b| a.name.cmp(&b.name));
 
         let events = self.events();
         let recent_denials = events

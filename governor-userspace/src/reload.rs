@@ -12,7 +12,6 @@ use crate::{
     config::{ConfigError, DaemonConfig, LoadedConfig},
     control::auth::Caller,
     governor::{Core, Governor, unix_now},
-    policy::{self, PolicyError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +19,7 @@ pub enum ReloadError {
     #[error("the new configuration is refused, the running policy stays: {0}")]
     Config(Box<ConfigError>),
     #[error("the new configuration is refused, the running policy stays: {0}")]
-    Policy(#[from] PolicyError),
+    Policy(String),
     #[error("the new configuration is refused, the running policy stays: {0} changed, and only a restart applies it")]
     NeedsRestart(&'static str),
     #[error("refused: the audit log cannot be written ({0}); the running policy stays")]
@@ -95,7 +94,8 @@ impl Governor {
             return Err(ReloadError::NeedsRestart(setting));
         }
         let generation = self.core().maps.current_generation().map_or(0, |g| 1 - g);
-        let compiled = policy::compile_generation(&new.config, generation)?;
+        let compiled =
+            new.compile_generation(generation).map_err(|e| ReloadError::Policy(crate::cli::error_line(&e)))?;
         let details = json!({ "sha256": new.sha256(), "previous_sha256": old.sha256(), "config": new.source_name.display().to_string(), "by": by });
         self.audit("policy_reload", None, details).map_err(|e| ReloadError::Unrecorded(e.to_string()))?;
         let resolvers = crate::dns::resolvers(&compiled.dns);

@@ -8,7 +8,7 @@ use crate::{config::LoadedConfig, readiness::report};
 /// Returns whether the configuration is ready (no FAIL).
 pub fn run(config: &Path, live: bool, format: CheckFormat, output: Option<&Path>) -> anyhow::Result<bool> {
     let loaded = LoadedConfig::from_file(config)?;
-    crate::policy::compile(&loaded.config)?;
+    loaded.compile()?;
     let r = report::build_with(&loaded, live);
     let text = match format {
         CheckFormat::Text => report::text(&r),

@@ -369,3 +369,87 @@ mod error_line_tests {
         assert_eq!(super::error_line(&e), "cannot open /y: No such file or directory (os error 2)");
     }
 }
+
+/// Every `governor` command and flag the README names exists, so the README cannot promise a
+/// command line that `--help` does not know.
+#[cfg(test)]
+mod readme_tests {
+    use clap::CommandFactory as _;
+
+    /// The words after `governor` on each README line or inline code span that runs it.
+    fn invocations(readme: &str) -> Vec<Vec<String>> {
+        let mut found = Vec::new();
+        for line in readme.lines() {
+            let spans: Vec<&str> =
+                if line.contains('`') { line.split('`').skip(1).step_by(2).collect() } else { vec![line] };
+            for span in spans {
+                for (i, _) in span.match_indices("governor ") {
+                    let before = &span[..i];
+                    // `governor` as a program: at the start, after sudo, a path or `$`.
+                    if !(before.trim().is_empty()
+                        || before.ends_with("sudo ")
+                        || before.ends_with('/')
+                        || before.ends_with('$')
+                        || before.ends_with("; ")
+                        || before.ends_with("&& "))
+                    {
+                        continue;
+                    }
+                    let words: Vec<String> = span[i + "governor ".len()..]
+                        .split_whitespace()
+                        .take_while(|w| !w.starts_with('#') && !["|", "||", "&&", ";", ">", "2>&1"].contains(w))
+                        .map(str::to_owned)
+                        .collect();
+                    if !words.is_empty() {
+                        found.push(words);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The first command or flag in `readme` that the CLI does not know.
+    fn unknown(readme: &str) -> Result<usize, String> {
+        let cli = super::Cli::command();
+        let calls = invocations(readme);
+        for words in &calls {
+            // `pause|resume` names two commands.
+            for name in words[0].split('|') {
+                let Some(mut cmd) = cli.find_subcommand(name) else {
+                    // Prose ("governor is running") has no flags; a command line with flags must
+                    // name a real command.
+                    if words.iter().any(|w| w.starts_with("--")) {
+                        return Err(format!("`governor {name}` is no command: {words:?}"));
+                    }
+                    continue;
+                };
+                let mut rest = &words[1..];
+                if let Some(sub) = rest.first().and_then(|w| cmd.find_subcommand(w)) {
+                    cmd = sub;
+                    rest = &rest[1..];
+                }
+                for w in rest.iter().take_while(|w| w.as_str() != "--") {
+                    let Some(flag) = w.trim_start_matches('[').strip_prefix("--") else { continue };
+                    let flag: String = flag.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+                    if flag.is_empty() || flag == "help" || flag == "version" {
+                        continue;
+                    }
+                    if !cmd.get_arguments().any(|a| a.get_long() == Some(flag.as_str())) {
+                        return Err(format!("`governor {name} ... --{flag}`: {name} has no such flag ({words:?})"));
+                    }
+                }
+            }
+        }
+        Ok(calls.len())
+    }
+
+    #[test]
+    fn every_command_and_flag_the_readme_names_exists() {
+        let n = unknown(include_str!("../../../README.md")).unwrap_or_else(|e| panic!("README: {e}"));
+        assert!(n > 30, "the README names governor commands: {n}");
+        assert!(unknown("run `sudo governor status --bogus` now").is_err());
+        assert!(unknown("$governor exec --agent a --unlisted -- curl --fail x").is_ok());
+        assert!(unknown("governor nosuch --flag").is_err());
+    }
+}

@@ -71,6 +71,11 @@ pub fn table(s: &Status) -> String {
     };
     for a in &s.agents {
         row(&mut out, &a.name, a.mode.as_str(), &a.state, &a.totals);
+        if let Some(p) = &a.paused {
+            let what = if p.kind == "checkpoint" { "at a checkpoint (governor ack lifts it)" } else { "paused" };
+            let by = p.by.as_deref().map_or(String::new(), |b| format!(", by {b}"));
+            let _ = writeln!(out, "  {what} for {} s since {}: {}{by}", p.waited_seconds, p.since, p.reason);
+        }
         for e in &a.endpoints {
             row(&mut out, &format!("  {}", e.endpoint), "", "", &e.counters);
         }

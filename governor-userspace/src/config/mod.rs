@@ -38,6 +38,23 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
+    /// Compiles the policy; an error with a place in the file is given its file:line:column.
+    pub fn compile(&self) -> anyhow::Result<crate::policy::Policy> {
+        self.compile_generation(0)
+    }
+
+    /// As `compile`, for a policy generation (see `policy::compile_generation`).
+    pub fn compile_generation(&self, generation: u32) -> anyhow::Result<crate::policy::Policy> {
+        crate::policy::compile_generation(&self.config, generation).map_err(|e| match e.place() {
+            Some((offset, key)) => {
+                let (line, column) = line_column(&self.text, offset);
+                ConfigError::Invalid { path: self.source_name.clone(), line, column, key, message: e.to_string() }
+                    .into()
+            }
+            None => anyhow::anyhow!("{}: {e}", self.source_name.display()),
+        })
+    }
+
     /// Reads and validates `path`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text =

@@ -281,12 +281,26 @@ pub enum PolicyError {
         prefix: Cidr,
         /// 0 means any port.
         port: u16,
+        /// Where the second endpoint is named: (byte offset in the file, the agent's index).
+        at: (u32, u32),
     },
     #[error(
         "agent {agent:?}: endpoints {a:?} and {b:?} both list host {pattern}; its addresses could \
          not be charged to one of them: remove one"
     )]
-    HostOverlap { agent: String, a: String, b: String, pattern: String },
+    HostOverlap { agent: String, a: String, b: String, pattern: String, at: (u32, u32) },
+}
+
+impl PolicyError {
+    /// Where in the file the error is (byte offset) and under which key, when it has a place.
+    pub fn place(&self) -> Option<(usize, String)> {
+        match self {
+            Self::Overlap { at: (offset, index), .. } | Self::HostOverlap { at: (offset, index), .. } => {
+                Some((*offset as usize, format!("agent[{index}].endpoints")))
+            }
+            Self::IdCollision { .. } => None,
+        }
+    }
 }
 
 pub fn mode_code(mode: Mode) -> u32 {
@@ -344,7 +358,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
 
     let mut agent_ids = ids::IdSpace::new("agent");
     let mut agents = Vec::with_capacity(config.agents.len());
-    for agent in &config.agents {
+    for (agent_index, agent) in config.agents.iter().enumerate() {
         let id = agent_ids.assign(agent.name.get_ref())?;
         let mut compiled = CompiledAgent {
             id,
@@ -394,6 +408,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
                         a: other.endpoint.clone(),
                         b: ep.name.get_ref().clone(),
                         pattern: pattern.to_string(),
+                        at: (ep_name.span().start as u32, agent_index as u32),
                     });
                 }
                 compiled.hosts.push(HostRule {
@@ -419,6 +434,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
                                 protocol: protocol_name(protocol),
                                 prefix: cidr,
                                 port,
+                                at: (ep_name.span().start as u32, agent_index as u32),
                             });
                         }
                         push_rule(&mut compiled, protocol, port, cidr, rule);

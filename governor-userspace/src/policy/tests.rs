@@ -100,6 +100,10 @@ endpoints = ["a", "b"]
 "#;
     let e = compile_text(text).unwrap_err().to_string();
     assert!(e.contains("endpoints \"a\" and \"b\" both allow tcp 127.0.0.1/32 port 80"), "{e}");
+    // Like every other config error, it names the file, line, column and key.
+    let loaded = crate::config::LoadedConfig::from_str(std::path::Path::new("x.toml"), text.to_owned()).unwrap();
+    let e = crate::cli::error_line(&loaded.compile().unwrap_err());
+    assert!(e.starts_with("x.toml:12:19: agent[0].endpoints: agent \"x\": endpoints \"a\" and \"b\""), "{e}");
 }
 
 #[test]
