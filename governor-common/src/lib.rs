@@ -109,8 +109,11 @@ pub const REASON_CONCURRENCY: u8 = 5;
 pub const REASON_SOCKET_TYPE: u8 = 6;
 /// DNS to a resolver that is not configured (`[dns] resolvers`).
 pub const REASON_DNS_RESOLVER: u8 = 7;
+/// The agent reached an oversight checkpoint (connections, spend or time since the last
+/// acknowledgement) and waits for `governor ack`.
+pub const REASON_CHECKPOINT: u8 = 8;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
-pub const REASONS: usize = 8;
+pub const REASONS: usize = 9;
 
 /// Slots of the `CONTROL` and `SPEND` arrays: 0 is the host-wide budget, agents use 1..=MAX_AGENTS.
 pub const HOST_SLOT: u32 = 0;
@@ -125,6 +128,9 @@ pub const CONTROL_PAUSED: u32 = 2;
 /// `Control::flags`: some endpoint of this agent has its own limits (`ENDPOINT_LIMITS`); without
 /// it connects skip that lookup.
 pub const CONTROL_ENDPOINT_LIMITS: u32 = 4;
+/// `Control::flags`: the agent has checkpoints: new connections are counted in
+/// `Spend::connections`, and the `checkpoint_*` gates of `Control` hold.
+pub const CONTROL_CHECKPOINT: u32 = 8;
 
 /// `DenyEvent::verdict`: the call failed with EPERM.
 pub const VERDICT_DENIED: u8 = 1;
@@ -277,8 +283,19 @@ pub struct Control {
     pub rate_tolerance_ns: u64,
     /// Live connections allowed at once; 0 = no limit.
     pub max_concurrent: u64,
+    /// Checkpoint gates (with `CONTROL_CHECKPOINT`), each 0 when unset: the `Spend::connections`
+    /// count past which a new connection is refused; the `Spend::spent` total a charge may not
+    /// pass; the boot-clock time (ns) from which everything is refused.
+    pub checkpoint_connections: u64,
+    pub checkpoint_spend: u64,
+    pub checkpoint_deadline_ns: u64,
+    /// The slot waits at a checkpoint while `Spend::checkpoint_generation` equals this (never 0);
+    /// the daemon bumps it, with new gates, when an operator acknowledges.
+    pub checkpoint_generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Control>() == 48);
+const _: () = assert!(size_of::<Control>() == 80);
+const _: () = assert!(offset_of!(Control, checkpoint_connections) == 48);
 
 /// Kernel-owned spend of one slot. The daemon only reads it (and seeds it before attaching).
 #[repr(C)]
@@ -295,8 +312,16 @@ pub struct Spend {
     pub tat_ns: u64,
     /// Live connections now (atomic; taken at connect, given back at socket release).
     pub live: u64,
+    /// New connections (connects, new UDP flows) let through while `CONTROL_CHECKPOINT` is set
+    /// (atomic): what the connections checkpoint counts.
+    pub connections: u64,
+    /// The `Control::checkpoint_generation` in force when a gate closed: the slot waits at its
+    /// checkpoint while the two are equal.
+    pub checkpoint_generation: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<Spend>() == 32);
+const _: () = assert!(size_of::<Spend>() == 48);
+const _: () = assert!(offset_of!(Spend, connections) == 32);
 const _: () = assert!(offset_of!(Spend, spent) == 0);
 
 /// Value of `ENDPOINT_LIMITS`: an endpoint's limits for one agent, as in `Control`; 0 = none.
@@ -342,7 +367,7 @@ pub struct ConnCounters {
     /// Refusals by reason code (index 0 unused).
     pub denied: [u64; REASONS],
 }
-const _: () = assert!(size_of::<ConnCounters>() == 88);
+const _: () = assert!(size_of::<ConnCounters>() == 96);
 
 /// Value of `TRAFFIC` (each CPU's copy): bytes (L3 length as the cgroup_skb hook sees it) and
 /// packets per direction, and the pair they belong to. The daemon writes `key` into every

@@ -16,25 +16,44 @@ pub fn send(event: &DenyEvent) {
     }
 }
 
-/// Sends a `DenyEvent` for the calling task.
+/// Sends a `DenyEvent` for the calling task, written straight into the ring buffer: built on
+/// the stack first, it would push the connect programs' combined stack past the verifier's
+/// 512 bytes.
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "one flat event, built in one place")]
-pub fn deny(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8, family: u8, port: u16, addr: [u8; 16]) {
-    // SAFETY: helpers without pointer arguments.
-    let (timestamp_ns, cgroup_id, pid) =
-        unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id(), (bpf_get_current_pid_tgid() >> 32) as u32) };
-    send(&DenyEvent {
-        timestamp_ns,
-        cgroup_id,
-        agent_id: agent.agent_id,
-        pid,
-        reason,
-        verdict,
-        protocol,
-        family,
-        port,
-        hook,
-        _pad: 0,
-        addr,
-    });
+pub fn deny(
+    agent: &AgentInfo,
+    hook: u8,
+    reason: u8,
+    verdict: u8,
+    protocol: u8,
+    family: u8,
+    port: u16,
+    addr: &[u8; 16],
+) {
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at a reserved ring buffer record of DenyEvent's size; every field is
+    // written before it is submitted. The helpers take no pointer arguments.
+    unsafe {
+        (*e).timestamp_ns = bpf_ktime_get_ns();
+        (*e).cgroup_id = bpf_get_current_cgroup_id();
+        (*e).agent_id = agent.agent_id;
+        (*e).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*e).reason = reason;
+        (*e).verdict = verdict;
+        (*e).protocol = protocol;
+        (*e).family = family;
+        (*e).port = port;
+        (*e).hook = hook;
+        (*e)._pad = 0;
+        (*e).addr = *addr;
+    }
+    entry.submit(0);
 }

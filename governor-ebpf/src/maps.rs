@@ -65,21 +65,40 @@ pub static ENDPOINT_LIMITS: HashMap<StatsKey, EndpointLimits, 65_536> = HashMap:
 #[btf_map]
 pub static ENDPOINT_USE: HashMap<StatsKey, EndpointUse, 65_536> = HashMap::new();
 
-/// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot on first use.
+/// A value type's all-zero value, in global data: inserting it passes a pointer to it instead
+/// of building the value on the 512-byte stack (a `ConnCounters` is 96 bytes).
+pub trait Zero: 'static + Sized {
+    fn zero() -> &'static Self;
+}
+
+static ZERO_CONN: ConnCounters =
+    ConnCounters { allowed: 0, flows: 0, denied: [0; governor_common::REASONS], would_deny: 0 };
+static ZERO_EGRESS: HostEgress = HostEgress { bytes: 0, packets: 0 };
+
+impl Zero for ConnCounters {
+    fn zero() -> &'static Self {
+        &ZERO_CONN
+    }
+}
+
+impl Zero for HostEgress {
+    fn zero() -> &'static Self {
+        &ZERO_EGRESS
+    }
+}
+
+/// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot (zeroed) on first use.
 /// Returns false if the map had no room for a new key.
 #[inline(always)]
-pub fn per_cpu_add<K, V: Default, const N: usize>(map: &PerCpuHashMap<K, V, N>, key: &K, f: impl Fn(&mut V)) -> bool {
+pub fn per_cpu_add<K, V: Zero, const N: usize>(map: &PerCpuHashMap<K, V, N>, key: &K, f: impl Fn(&mut V)) -> bool {
     if let Some(v) = map.get_ptr_mut(key) {
         // SAFETY: a per-CPU slot is only touched by this CPU, and programs do not nest here.
         f(unsafe { &mut *v });
         return true;
     }
-    let mut v = V::default();
-    f(&mut v);
-    // BPF_NOEXIST: if another CPU created the key meanwhile, add to our (zeroed) slot instead.
-    if map.insert(key, &v, 1).is_ok() {
-        return true;
-    }
+    // BPF_NOEXIST: if another CPU created the key meanwhile, this fails and we add to our own
+    // (zeroed) slot of it below.
+    let _ = map.insert(key, V::zero(), 1);
     match map.get_ptr_mut(key) {
         Some(v) => {
             // SAFETY: as above.

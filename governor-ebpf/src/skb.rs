@@ -12,9 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_sk_storage_get},
     programs::SkBuffContext,
 };
-use governor_common::{
-    DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, REASON_BUDGET, SockTag, VERDICT_DENIED,
-};
+use governor_common::{DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, SockTag, VERDICT_DENIED};
 
 use crate::{
     agent::{self, NO_AGENT},
@@ -50,8 +48,9 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     let price = if direction == Direction::Egress { tag.tx_byte } else { tag.rx_byte };
     // len < 2^32 and config caps per-byte prices below 2^30 pico, so this cannot wrap
     // (saturating_mul would need a 128-bit multiply, which BPF lacks).
-    if !budget::charge_agent(tag.slot, len.wrapping_mul(price)) {
-        report_exhausted(&tag, direction);
+    let refused = budget::charge_agent(tag.slot, len.wrapping_mul(price));
+    if refused != 0 {
+        report_refused(&tag, direction, refused);
         return DROP;
     }
     if let Some(c) = TRAFFIC.get_ptr_mut(tag.traffic) {
@@ -107,16 +106,16 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
     fresh
 }
 
-/// Tells the daemon a packet ran the agent (or host) into its ceiling.
+/// Tells the daemon a packet ran the agent (or host) into its ceiling or a spend checkpoint.
 #[inline(always)]
-fn report_exhausted(tag: &SockTag, direction: Direction) {
+fn report_refused(tag: &SockTag, direction: Direction, reason: u8) {
     events::send(&DenyEvent {
         // SAFETY: helper without arguments.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: 0,
         agent_id: tag.agent_id,
         pid: 0,
-        reason: REASON_BUDGET,
+        reason,
         verdict: VERDICT_DENIED,
         protocol: 0,
         family: 0,

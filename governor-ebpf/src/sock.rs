@@ -61,7 +61,7 @@ pub fn create(ctx: &SockContext) -> i32 {
         protocol as u8,
         family as u8,
         kind as u16,
-        [0; 16],
+        &[0; 16],
     );
     if enforce { 0 } else { 1 }
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
-    ENDPOINT_UNLISTED, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_BUDGET, REASON_CONCURRENCY,
+    ENDPOINT_UNLISTED, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT, REASON_CONCURRENCY,
     REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED,
     TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
@@ -125,12 +125,23 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if ep_take == limits::REFUSED {
         return undo(REASON_CONCURRENCY);
     }
-    let cost = if same_flow { 0 } else { rule.prices.connection };
-    if !budget::charge_agent(agent.slot, cost) {
+    // A new connection counts toward the connections checkpoint; past it, refused.
+    if !same_flow && !budget::count_connection(agent.slot) {
         if ep_take == limits::TAKEN {
             limits::endpoint_release(&key);
         }
-        return undo(REASON_BUDGET);
+        return undo(REASON_CHECKPOINT);
+    }
+    let cost = if same_flow { 0 } else { rule.prices.connection };
+    let refused = budget::charge_agent(agent.slot, cost);
+    if refused != 0 {
+        if !same_flow {
+            budget::uncount_connection(agent.slot);
+        }
+        if ep_take == limits::TAKEN {
+            limits::endpoint_release(&key);
+        }
+        return undo(refused);
     }
     let flow = u64::from(!same_flow);
     per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
@@ -346,5 +357,5 @@ pub fn report(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8
         }
         Dest::V6(a) => (AF_INET6, a),
     };
-    events::deny(agent, hook, reason, verdict, protocol, family, port, addr);
+    events::deny(agent, hook, reason, verdict, protocol, family, port, &addr);
 }

@@ -47,7 +47,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .filter(|i| i.verdict == crate::readiness::Verdict::Fail)
         .map(|i| i.key.as_deref().unwrap_or(i.check.as_str()))
         .collect();
-    failed.dedup();
+    let mut seen = std::collections::HashSet::new();
+    failed.retain(|key| seen.insert(*key));
     let report = format!("governor check --config {}", config.source_name.display());
     if failed.is_empty() {
         tracing::info!(

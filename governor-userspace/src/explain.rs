@@ -5,7 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use governor_common::{
-    CONTROL_ENFORCE_CEILING, CONTROL_PAUSED, DNS_PORT, HOST_SLOT, IPPROTO_TCP, IPPROTO_UDP, RULE_GENERATION_BIT,
+    CONTROL_CHECKPOINT, CONTROL_ENFORCE_CEILING, CONTROL_PAUSED, DNS_PORT, HOST_SLOT, IPPROTO_TCP, IPPROTO_UDP,
+    RULE_GENERATION_BIT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +48,7 @@ fn blocked(maps: &KernelMaps, slot: u32) -> Option<(&'static str, String)> {
     for (s, whose) in [(slot, "the agent"), (HOST_SLOT, "the host")] {
         let (Ok(c), Ok(sp)) = (maps.control(s), maps.spend(s)) else { continue };
         if c.flags & CONTROL_PAUSED != 0 {
-            return Some((
-                "paused",
-                format!("{whose} is paused (`governor resume`, or `governor ack` at a checkpoint, lifts it)"),
-            ));
+            return Some(("paused", format!("{whose} is paused (`governor resume` lifts it)")));
         }
         if c.flags & CONTROL_ENFORCE_CEILING != 0 && sp.exhausted_generation == c.generation {
             return Some((
@@ -59,6 +57,13 @@ fn blocked(maps: &KernelMaps, slot: u32) -> Option<(&'static str, String)> {
                     "{whose} reached its budget ceiling and is suspended (a new window, a raised budget or `governor resume --budget` lifts it)"
                 ),
             ));
+        }
+        let deadline_passed = c.checkpoint_deadline_ns != 0
+            && nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+                .is_ok_and(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) >= c.checkpoint_deadline_ns);
+        if c.flags & CONTROL_CHECKPOINT != 0 && (sp.checkpoint_generation == c.checkpoint_generation || deadline_passed)
+        {
+            return Some(("checkpoint", format!("{whose} waits at a checkpoint (`governor ack` lifts it)")));
         }
     }
     None

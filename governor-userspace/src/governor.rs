@@ -219,15 +219,9 @@ impl Governor {
         self.record_event_gap(now)?;
         let (notices, checkpoints, saved) = {
             let mut core = self.core();
-            let Core { maps, books, agents, .. } = &mut *core;
+            let Core { maps, books, .. } = &mut *core;
             let notices = books.tick(now, force_save, maps)?;
-            let need_counts = books.accounts().any(|a| a.checkpoints.every_connections.is_some());
-            let counters = if need_counts { maps.counters()? } else { BTreeMap::new() };
-            let connections = |owner: &str| -> u64 {
-                let Some(id) = agents.by_name(owner).map(|a| a.id) else { return 0 };
-                counters.iter().filter(|(k, _)| k.agent_id == id).map(|(_, c)| c.allowed).sum()
-            };
-            let checkpoints = books.checkpoints(now, connections, maps)?;
+            let checkpoints = books.checkpoints(now, maps)?;
             // Copied only when it will be written: with a thousand agents the copy is most of
             // an idle tick's work.
             let save = force_save || !notices.is_empty() || !checkpoints.is_empty();

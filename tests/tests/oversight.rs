@@ -107,11 +107,14 @@ fn a_checkpoint_pauses_at_its_milestone_and_ack_resumes() {
     let sink = Server::start(Serve::Sink);
     let daemon = Daemon::start(&root, &config(sink.port, "checkpoints = { every_connections = 3 }"));
     let agent = root.path.join("a1");
-    for _ in 0..3 {
-        assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok());
-    }
+    // Back to back: the third reaches the milestone and is the last one through; the kernel
+    // refuses the fourth and fifth at once, before any daemon tick.
+    let outcomes: Vec<bool> =
+        (0..5).map(|_| workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).ok()).collect();
+    assert_eq!(outcomes, [true, true, true, false, false]);
     let s = daemon.wait_until("checkpoint", 5, |s| s["agents"][0]["state"] == "checkpoint");
-    assert!(s["agents"][0]["paused"]["reason"].as_str().unwrap().contains("3 connections"));
+    assert!(s["agents"][0]["paused"]["reason"].as_str().unwrap().contains("3 connections"), "{s:#}");
+    assert_eq!(s["agents"][0]["totals"]["denied_by_reason"]["checkpoint"], 2, "{s:#}");
     assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).eperm());
     std::thread::sleep(Duration::from_millis(1100));
     assert!(daemon.agent("a1")["paused"]["waited_seconds"].as_u64() >= Some(1), "status says how long it has waited");
@@ -445,4 +448,54 @@ fn events_since_forms_and_follow_from_now() {
     };
     assert_eq!(first_line(&[]), "pause", "--follow alone starts from now");
     assert_eq!(first_line(&["--since", "1h"]), "daemon_start", "--since replays first");
+}
+
+/// Checkpoints are gates the kernel holds, like the budget's ceiling: with the daemon killed (its
+/// programs go on enforcing), the connection that reaches the milestone is the last one through,
+/// a charge may not pass the spend milestone, and nothing passes once the time milestone comes.
+#[test]
+fn checkpoints_hold_in_the_kernel_without_the_daemon() {
+    if !privileged("checkpoints_hold_in_the_kernel_without_the_daemon") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let body = format!(
+        "[[endpoint]]\nname = \"sink\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\nprice = {{ connection = \"0.25\" }}\n\
+         [[agent]]\nname = \"conns\"\nendpoints = [\"sink\"]\ncheckpoints = {{ every_connections = 3 }}\n\
+         [[agent]]\nname = \"spend\"\nendpoints = [\"sink\"]\ncheckpoints = {{ every_spend = \"0.50\" }}\n\
+         [[agent]]\nname = \"time\"\nendpoints = [\"sink\"]\ncheckpoints = {{ every = \"3s\" }}\n",
+        sink.port
+    );
+    let mut daemon = Daemon::start(&root, &body);
+    let started = Instant::now();
+    daemon.kill();
+    let connect = |agent: &str| workload(Some(&root.path.join(agent)), &["connect", &sink.addr("127.0.0.1")]).ok();
+    let conns: Vec<bool> = (0..5).map(|_| connect("conns")).collect();
+    assert_eq!(conns, [true, true, true, false, false], "every_connections = 3");
+    let spend: Vec<bool> = (0..4).map(|_| connect("spend")).collect();
+    assert_eq!(spend, [true, true, false, false], "every_spend = 0.50 at 0.25 a connection");
+    assert!(connect("time"), "before its time milestone");
+    let deadline = started + Duration::from_secs(3);
+    while Instant::now() < deadline + Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!connect("time"), "every = 3s: refused once the time has come");
+
+    // A new daemon finds each agent at its checkpoint, the refusals counted under `checkpoint`,
+    // and the spend exactly at the milestone.
+    let daemon = Daemon::start_in(daemon.dir(), &root, &body);
+    let s = daemon.wait_until("all three at their checkpoints", 10, |s| {
+        s["agents"].as_array().unwrap().iter().all(|a| a["state"] == "checkpoint")
+    });
+    let agent = |name: &str| s["agents"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap().clone();
+    assert_eq!(agent("conns")["totals"]["denied_by_reason"]["checkpoint"], 2, "{s:#}");
+    assert_eq!(agent("spend")["totals"]["denied_by_reason"]["checkpoint"], 2, "{s:#}");
+    assert_eq!(agent("spend")["budget"]["spent_total"], "0.500000", "no overshoot: {s:#}");
+    assert!(agent("time")["paused"]["reason"].as_str().unwrap().contains("3 s elapsed"), "{s:#}");
+    // An ack lets each through again, counting from there.
+    for name in ["conns", "spend", "time"] {
+        daemon.cli(&["ack", name]);
+        assert!(connect(name), "{name} after its ack");
+    }
 }

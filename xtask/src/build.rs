@@ -84,7 +84,7 @@ fn ebpf_with(extra: &[&str], target_dir: &str) -> anyhow::Result<()> {
 
 /// Refuses an object with a plain `lock +=` where a fetch-add was meant: with `Relaxed` ordering
 /// the BPF backend emits one and then reads the register as if it held the old value, which
-/// loads, verifies, and is silently wrong (shared/AYA-NOTES.md). Every add in governor's
+/// loads, verifies, and is silently wrong (ARCHITECTURE.md, "eBPF pitfalls"). Every add in governor's
 /// programs is SeqCst, so any plain atomic add is a bug.
 fn check_atomics(object: &Path) -> anyhow::Result<()> {
     let objdump = ["llvm-objdump-22", "/usr/lib/llvm-22/bin/llvm-objdump", "llvm-objdump"]

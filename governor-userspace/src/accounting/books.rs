@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use governor_common::{CONTROL_PAUSED, Control, HOST_SLOT, MAX_AGENTS, Prices};
+use governor_common::{CONTROL_CHECKPOINT, CONTROL_PAUSED, Control, HOST_SLOT, MAX_AGENTS, Prices};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -42,6 +42,9 @@ pub struct Account {
     pub limits: crate::policy::Limits,
     /// Some endpoint in its allowlist has limits of its own (`CONTROL_ENDPOINT_LIMITS`).
     pub endpoint_limits: bool,
+    /// The kernel holds the agent at its checkpoint while its `Spend::checkpoint_generation`
+    /// equals this; moved on at each acknowledgement, never 0.
+    checkpoint_generation: u32,
     /// What this daemon last wrote to the slot's CONTROL entry (the daemon is its only writer),
     /// so a tick compares against memory instead of reading the kernel for every account.
     written: Option<Control>,
@@ -51,7 +54,10 @@ impl Account {
     /// What the kernel must enforce: the budget's ceiling, the pause, the limits.
     fn control(&self) -> Control {
         let mut c = self.ledger.control(&self.spec);
-        if self.paused.is_some() {
+        // A wait at a checkpoint is the kernel's checkpoint gate held shut (reason
+        // `checkpoint`); any other pause is the pause flag (reason `paused`).
+        let waiting = self.paused.as_ref().is_some_and(|p| p.kind == "checkpoint");
+        if self.paused.is_some() && !waiting {
             c.flags |= CONTROL_PAUSED;
         }
         if self.endpoint_limits {
@@ -59,6 +65,18 @@ impl Account {
         }
         (c.rate_interval_ns, c.rate_tolerance_ns) = self.limits.rate_ns();
         c.max_concurrent = self.limits.max_concurrent.unwrap_or(0);
+        // The milestones as gates the kernel holds, counted from the last acknowledgement.
+        let cp = &self.checkpoints;
+        if cp.any() || waiting {
+            c.flags |= CONTROL_CHECKPOINT;
+            c.checkpoint_generation = self.checkpoint_generation;
+            c.checkpoint_connections =
+                cp.every_connections.map_or(0, |n| self.marks.connections.saturating_add(n).max(1));
+            c.checkpoint_spend = cp.every_spend.map_or(0, |m| self.marks.spent.saturating_add(m.0).max(1));
+            // Waiting: a deadline long past, so the kernel holds everything until the ack.
+            c.checkpoint_deadline_ns =
+                if waiting { 1 } else { cp.every_secs.map_or(0, |t| boot_ns_at(self.marks.time.saturating_add(t))) };
+        }
         c
     }
 
@@ -78,6 +96,18 @@ impl Account {
         self.written = Some(c);
         Ok(())
     }
+}
+
+/// The kernel's boot clock (`bpf_ktime_get_boot_ns`) at unix time `unix`, by the offset between
+/// the two clocks when the daemon first asked: fixed, so a control value computed twice is the
+/// same. Never 0 (0 means "no deadline" to the kernel).
+fn boot_ns_at(unix: i64) -> u64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| {
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| t.tv_sec());
+        crate::governor::unix_now() - boot
+    });
+    (unix.saturating_sub(offset).max(0) as u64).saturating_mul(1_000_000_000).max(1)
 }
 
 /// Why and since when an agent is paused.
@@ -218,6 +248,8 @@ impl Books {
             maps.seed_spend(slot, spent, exhausted)?;
         }
         let (paused, marks) = saved_extra.unwrap_or((None, Marks { spent, time: now, connections: 0 }));
+        // Adopted maps keep the generation a waiting slot is held at.
+        let checkpoint_generation = if adopted { maps.control(slot)?.checkpoint_generation.max(1) } else { 1 };
         let mut account = Account {
             owner: owner.to_owned(),
             slot,
@@ -229,6 +261,7 @@ impl Books {
             marks,
             limits: Default::default(),
             endpoint_limits: false,
+            checkpoint_generation,
             written: None,
         };
         account.write_control(maps)?;
@@ -313,7 +346,11 @@ impl Books {
         let Some(a) = self.accounts.get_mut(owner) else { return Ok(None) };
         let was = a.paused.take();
         if was.as_ref().is_some_and(|p| p.kind == "checkpoint") {
-            a.marks = Marks { spent: a.spent, time: now, connections: a.marks.connections };
+            // The milestones count again from here: new gates, and a new generation so the
+            // kernel no longer holds the slot.
+            let kernel = maps.spend(a.slot)?;
+            a.marks = Marks { spent: kernel.spent, time: now, connections: kernel.connections };
+            a.checkpoint_generation = a.checkpoint_generation.wrapping_add(1).max(1);
         }
         if was.is_some() {
             a.write_control(maps)?;
@@ -363,36 +400,36 @@ impl Books {
         }
     }
 
-    /// Pauses every agent that reached a checkpoint milestone. `connections` gives an owner's
-    /// allowed connections so far. Returns (owner, milestone) for each new checkpoint.
-    pub fn checkpoints(
-        &mut self,
-        now: i64,
-        connections: impl Fn(&str) -> u64,
-        maps: &mut KernelMaps,
-    ) -> Result<Vec<(String, String)>, KernelError> {
+    /// Pauses every agent that reached a checkpoint milestone, by the kernel's counts: the
+    /// kernel's gates already refuse past a milestone; this records the pause, so status, the
+    /// audit log and `governor ack` see it. Returns (owner, milestone) for each new checkpoint.
+    pub fn checkpoints(&mut self, now: i64, maps: &mut KernelMaps) -> Result<Vec<(String, String)>, KernelError> {
         let mut out = Vec::new();
         for a in self.accounts.values_mut().filter(|a| a.checkpoints.any() && a.paused.is_none()) {
-            let conns = connections(&a.owner);
+            let kernel = maps.spend(a.slot)?;
+            let conns = kernel.connections;
             if a.marks.connections > conns {
                 a.marks.connections = conns; // counters restarted (fresh maps)
             }
+            let waiting = kernel.checkpoint_generation == a.checkpoint_generation;
             let c = &a.checkpoints;
-            let milestone = if c.every_spend.is_some_and(|s| a.spent.saturating_sub(a.marks.spent) >= s.0) {
-                Some(format!("spend reached {} since the last checkpoint", c.every_spend.unwrap_or_default()))
-            } else if c.every_secs.is_some_and(|s| now - a.marks.time >= s) {
-                Some(format!("{} s elapsed since the last checkpoint", c.every_secs.unwrap_or_default()))
-            } else if c.every_connections.is_some_and(|n| conns - a.marks.connections >= n) {
-                Some(format!("{} connections since the last checkpoint", c.every_connections.unwrap_or_default()))
+            let connections = c.every_connections.is_some_and(|n| conns - a.marks.connections >= n);
+            let time = c.every_secs.is_some_and(|s| now - a.marks.time >= s);
+            let spend = c.every_spend.is_some_and(|s| kernel.spent.saturating_sub(a.marks.spent) >= s.0);
+            let milestone = if connections {
+                format!("{} connections since the last checkpoint", c.every_connections.unwrap_or_default())
+            } else if time {
+                format!("{} s elapsed since the last checkpoint", c.every_secs.unwrap_or_default())
+            } else if spend || (waiting && c.every_spend.is_some()) {
+                format!("spend reached {} since the last checkpoint", c.every_spend.unwrap_or_default())
+            } else if waiting {
+                "a checkpoint gate closed in the kernel".to_owned()
             } else {
-                None
+                continue;
             };
-            if let Some(m) = milestone {
-                a.marks.connections = conns;
-                a.paused = Some(Pause { kind: "checkpoint".into(), reason: m.clone(), since: now, by: None });
-                a.write_control(maps)?;
-                out.push((a.owner.clone(), m));
-            }
+            a.paused = Some(Pause { kind: "checkpoint".into(), reason: milestone.clone(), since: now, by: None });
+            a.write_control(maps)?;
+            out.push((a.owner.clone(), milestone));
         }
         Ok(out)
     }

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use governor_common::{
     AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCK_CREATE,
-    REASON_BUDGET, REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_PAUSED, REASON_RATE_LIMIT,
-    REASON_SOCKET_TYPE, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    REASON_BUDGET, REASON_CHECKPOINT, REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_PAUSED,
+    REASON_RATE_LIMIT, REASON_SOCKET_TYPE, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,7 @@ pub fn reason_name(code: u8) -> Option<&'static str> {
         REASON_CONCURRENCY => Some("concurrency"),
         REASON_SOCKET_TYPE => Some("socket-type"),
         REASON_DNS_RESOLVER => Some("dns-resolver"),
+        REASON_CHECKPOINT => Some("checkpoint"),
         _ => None,
     }
 }

@@ -394,8 +394,8 @@ impl KernelMaps {
     /// Seeds a slot's spend total and suspension; only before any program can charge the slot
     /// (fresh maps after a reboot, or a slot no agent uses yet).
     pub fn seed_spend(&mut self, slot: u32, spent: u64, exhausted_generation: u32) -> Result<(), KernelError> {
-        let live = self.spend(slot).map_or(0, |s| s.live);
-        let spend = Spend { spent, exhausted_generation, _pad: 0, tat_ns: 0, live };
+        let now = self.spend(slot).unwrap_or_default();
+        let spend = Spend { spent, exhausted_generation, tat_ns: 0, ..now };
         self.spend.set(slot, spend, 0).map_err(map_err(names::SPEND, "seed"))
     }
 

@@ -17,7 +17,7 @@ use std::{
 use sha2::Digest as _;
 
 /// Bumped whenever any map's key or value layout changes.
-pub const LAYOUT_VERSION: &str = "v3";
+pub const LAYOUT_VERSION: &str = "v4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -192,7 +192,7 @@ mod tests {
     fn pin_dirs_are_per_agents_root_and_versioned() {
         let dir = pin_dir(Path::new("/nonexistent-bpffs"), Path::new("/sys/fs/cgroup/unified/governor.agents"));
         let name = dir.file_name().unwrap().to_str().unwrap();
-        assert_eq!(dir.parent().unwrap(), Path::new("/nonexistent-bpffs/governor/v3"));
+        assert_eq!(dir.parent().unwrap(), Path::new("/nonexistent-bpffs/governor/v4"));
         assert!(name.starts_with("sys_fs_cgroup_unified_governor-agents-"), "{name}");
         assert_eq!(name.len(), "sys_fs_cgroup_unified_governor-agents-".len() + 16);
     }
