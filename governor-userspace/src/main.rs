@@ -70,8 +70,8 @@ fn main() -> std::process::ExitCode {
         Command::Top { count, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::top(count, &socket)))
         }
-        Command::Exec { agent, user, allow_root, unlisted, socket, command } => {
-            match governor::cli::exec(&agent, user.as_deref(), allow_root, unlisted, &socket, &command) {
+        Command::Exec { agent, user, allow_root, unlisted, preserve_fds, socket, command } => {
+            match governor::cli::exec(&agent, user.as_deref(), allow_root, unlisted, preserve_fds, &socket, &command) {
                 Ok(code) => return std::process::ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => Err(e),
             }

@@ -113,3 +113,44 @@ fn floods_slow_clients_and_bad_requests_are_bounded() {
     assert_eq!(daemon.agent("a1")["state"], "enforcing", "nothing was paused");
     assert!(daemon.status()["version"].is_string(), "the daemon is still serving");
 }
+
+/// Out of descriptors, the daemon refuses connections for a moment and goes on serving: an
+/// accept error ends neither the control socket nor the daemon. A handler's failure gives its
+/// caller's connection back, so a uid is never locked out.
+#[test]
+fn running_out_of_descriptors_does_not_end_the_daemon() {
+    if !privileged("running_out_of_descriptors_does_not_end_the_daemon") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    let pid = daemon.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // The soft limit only: the hard one stays, so it can be raised again.
+    let set = Command::new("prlimit").args(["--pid", &pid.to_string(), &format!("--nofile={}:", open + 8)]).status();
+    assert!(set.is_ok_and(|s| s.success()), "prlimit (util-linux)");
+    // More clients than descriptors left: some accepts fail with EMFILE.
+    let held: Vec<UnixStream> = (0..40).filter_map(|_| UnixStream::connect(&daemon.socket).ok()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !request(&daemon.socket, b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n").contains("ok") {
+        assert!(Instant::now() < deadline, "the daemon stopped answering:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        daemon.log().contains("accept failed; retrying"),
+        "no accept failed: the test proved nothing:\n{}",
+        daemon.log()
+    );
+    let raise = Command::new("prlimit").args(["--pid", &pid.to_string(), "--nofile=1024:"]).status();
+    assert!(raise.is_ok_and(|s| s.success()));
+    // 70 refused requests with a time no clock can name (once a panic in the handler), then the
+    // same uid is still served: nothing held its connections.
+    for _ in 0..70 {
+        let answer = request(&daemon.socket, b"GET /v1/events?since=999999999999s HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert!(daemon.status()["version"].is_string());
+    assert!(daemon.stop().success(), "{}", daemon.log());
+}

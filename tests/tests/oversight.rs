@@ -349,6 +349,29 @@ fn exec_runs_in_the_agent_as_a_user_and_refuses_root() {
         })
     });
     drop(fresh);
+    // The launcher's descriptors stay behind: a socket it holds (outside the agents, allowed
+    // anywhere) is closed before the agent starts, unless passed on with --preserve-fds.
+    let leak = |preserve: &str| {
+        let script = format!(
+            "exec 7<>/dev/tcp/127.0.0.1/{} && {} exec --agent a1 --user nobody --preserve-fds {preserve} --socket {} -- sh -c 'echo leaked >&7'",
+            other.port,
+            governor_bin().display(),
+            daemon.socket.display()
+        );
+        Command::new("bash").args(["-c", &script]).env_remove("SUDO_UID").output().unwrap()
+    };
+    let out = leak("0");
+    assert!(!out.status.success(), "the agent wrote to the launcher's socket: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Bad file descriptor"), "{out:?}");
+    let before = other.received();
+    let out = leak("5");
+    assert!(out.status.success(), "--preserve-fds 5 passes 3..=7 on: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other.received() == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(other.received() - before, 7, "what --preserve-fds passed on reaches the launcher's peer");
+
     // A command that is not there says so, with the shell's exit status.
     let out = exec(&["--agent", "a1", "--user", "nobody", "--", "/nonexistent/agent"]);
     assert_eq!(out.status.code(), Some(127), "{out:?}");

@@ -61,11 +61,13 @@ const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Finds the agent's cgroup (or, with `unlisted`, creates one the daemon then governs as an
 /// unlisted agent), then runs the command in it; returns its exit code.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     agent: &str,
     user: Option<&str>,
     allow_root: bool,
     unlisted: bool,
+    preserve_fds: u32,
     socket: &Path,
     command: &[String],
 ) -> anyhow::Result<i32> {
@@ -143,6 +145,9 @@ pub fn run(
     let not_allowed =
         message(format!("governor exec: {}: permission denied (not executable by {})\n", command[0], who.name));
     let cannot_run = message(format!("governor exec: {}: cannot run it\n", command[0]));
+    let no_close =
+        message("governor exec: cannot close the launcher's descriptors (close_range needs kernel 5.9+)\n".into());
+    let first_closed: u32 = 3u32.saturating_add(preserve_fds);
 
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
@@ -162,6 +167,13 @@ pub fn run(
     if pid == 0 {
         // SAFETY: the child: plain system calls, then exec or _exit.
         unsafe {
+            // The launcher's descriptors stay behind: an inherited socket belongs to the
+            // launcher's cgroup and would reach anything, uncounted. Only 0-2 and the first
+            // `preserve_fds` after them (as systemd-run --preserve-fds) cross over.
+            if libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0) != 0 {
+                libc::write(2, no_close.as_ptr().cast(), no_close.count_bytes());
+                libc::_exit(126);
+            }
             if libc::setgroups(1, groups.as_ptr()) != 0
                 || libc::setgid(who.gid) != 0
                 || libc::setuid(who.uid) != 0

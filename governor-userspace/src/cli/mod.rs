@@ -206,6 +206,10 @@ pub enum Command {
         /// this, an unknown name is refused, so a typo cannot start an ungoverned agent.
         #[arg(long)]
         unlisted: bool,
+        /// Pass descriptors 3 to 3+N-1 on to the agent (as systemd-run --preserve-fds); every
+        /// other descriptor above 2 is closed, so the agent inherits no socket of the launcher.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        preserve_fds: u32,
         #[arg(long, env = "GOVERNOR_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
         socket: PathBuf,
         #[arg(last = true, required = true, value_name = "COMMAND")]

@@ -5,4 +5,4 @@ mod client;
 mod server;
 
 pub use client::{Client, ClientError};
-pub use server::{ControlSocket, serve};
+pub use server::{ControlSocket, back_off, serve};

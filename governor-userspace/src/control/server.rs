@@ -141,7 +141,13 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_uid: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>> = Arc::default();
     loop {
-        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                back_off("control socket", &e).await;
+                continue;
+            }
+        };
         let peer = PeerInfo { cred: stream.peer_cred().ok() };
         let uid = peer.cred.map_or(u32::MAX, |c| c.uid());
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -157,7 +163,8 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
             }
             *n += 1;
         }
-        let per_uid = per_uid.clone();
+        // Given back however the connection ends, a panicking handler included.
+        let held = Held { per_uid: per_uid.clone(), uid };
         let app = app.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -172,12 +179,31 @@ pub async fn serve(listener: UnixListener, governor: Arc<Governor>) -> anyhow::R
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
-            if let Some(n) = per_uid.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&uid) {
-                *n -= 1;
-            }
+            drop(held);
             drop(permit);
         });
     }
+}
+
+/// One of a uid's connections, counted in `per_uid` until dropped.
+struct Held {
+    per_uid: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(n) = self.per_uid.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// After a failed accept (out of descriptors, out of memory): say so, wait, and go on serving,
+/// as axum does; the daemon must not end because a flood used up its descriptors for a moment.
+pub async fn back_off(what: &str, error: &std::io::Error) {
+    tracing::warn!(error = %error, "{what}: accept failed; retrying in 100 ms");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
 fn error(code: StatusCode, message: &str) -> Response {

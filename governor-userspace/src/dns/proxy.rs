@@ -167,7 +167,13 @@ async fn serve_tcp(
 ) -> anyhow::Result<()> {
     let clients = Arc::new(Semaphore::new(TCP_CLIENTS));
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::control::back_off("DNS proxy (TCP)", &e).await;
+                continue;
+            }
+        };
         let Ok(client) = clients.clone().try_acquire_owned() else {
             governor.dns.count("(any)", "dropped");
             continue;
@@ -267,6 +273,8 @@ impl Governor {
         for agent in &policy.agents {
             for h in &agent.hosts {
                 let Some(name) = h.pattern.exact() else { continue };
+                // One warning per name, whichever record types failed.
+                let mut failed = Vec::new();
                 for qtype in [hickory_proto::rr::RecordType::A, hickory_proto::rr::RecordType::AAAA] {
                     let query = message::query_for(name, qtype);
                     let Ok(q) = message::question(&query) else { continue };
@@ -280,7 +288,7 @@ impl Governor {
                     let addrs = match reply.map_err(|e| e.to_string()).and_then(|r| message::answer(&r, &q)) {
                         Ok(a) => a.addresses(&q.name),
                         Err(e) => {
-                            tracing::warn!(agent = %agent.name, name, error = %e, "resolving an allowed host failed; it is admitted when the agent resolves it");
+                            failed.push(format!("{qtype}: {e}"));
                             continue;
                         }
                     };
@@ -292,6 +300,9 @@ impl Governor {
                         }
                         Err(e) => tracing::warn!(error = %e, "admitting a resolved host panicked"),
                     }
+                }
+                if !failed.is_empty() {
+                    tracing::warn!(agent = %agent.name, name, errors = %failed.join("; "), "resolving an allowed host failed; it is admitted when the agent resolves it");
                 }
             }
         }
