@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use governor_common::{AgentInfo, MODE_OBSERVE};
+use governor_common::AgentInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -213,7 +213,7 @@ impl AgentTable {
             changed.push(agent.name.clone());
         }
 
-        if self.unlisted == UnlistedAgents::Observe {
+        if self.unlisted != UnlistedAgents::Ignore {
             // A set, not a scan per child: a thousand agents would make a million comparisons
             // every second.
             let governed: std::collections::HashSet<String> = self.agents.values().map(|a| a.cgroup.clone()).collect();
@@ -232,13 +232,12 @@ impl AgentTable {
                     id,
                     name: name.clone(),
                     cgroup: name.clone(),
-                    mode: Mode::Observe,
+                    mode: if self.unlisted == UnlistedAgents::Enforce { Mode::Enforce } else { Mode::Observe },
                     source: Source::Discovered,
                     slot,
                     rule_id: id,
                     cgroup_id: Some(*cgroup_id),
                 };
-                debug_assert_eq!(agent.info().mode, MODE_OBSERVE);
                 maps.register_agent(*cgroup_id, agent.info())?;
                 self.agents.insert(id, agent);
                 changed.push(name.clone());

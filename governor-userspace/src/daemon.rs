@@ -33,6 +33,14 @@ const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Handlers go in first: a SIGTERM during start-up (or as soon as the daemon is ready) is
+    // then taken once the start is complete and stops it cleanly, never killing it half-way
+    // with pins made and nothing to remove them. Each is created once; a stream made per loop
+    // turn would miss a signal that arrives while another branch runs.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let config = match &config_path {
         Some(p) => LoadedConfig::from_file(p)?,
         None => LoadedConfig::default_config(),
@@ -78,6 +86,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let root = AgentsRoot::open(&mount, std::path::Path::new(d.agents_root.get_ref()))?;
     let state_dir = d.state_dir.get_ref().clone();
     state::prepare_dir(&state_dir)?;
+    // Before anything else is made: a second daemon on this state stops here.
+    let mut instance = crate::instance::InstanceLock::state(&state_dir)?;
     let saved = state::load(&state_dir)?;
     let mut audit =
         AuditLog::open(d.audit_log.get_ref(), *d.audit_max_bytes.get_ref() as u64, *d.audit_keep.get_ref() as u32)?;
@@ -100,9 +110,20 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })?;
 
     let fresh_pins = !crate::kernel::pins::pin_dir(&crate::kernel::pins::bpffs()?, &root.path).exists();
-    let pins = PinDir::open(&root.path)?;
-    // A start that fails before it is running takes back the pins it created; pins it adopted
-    // stay, with the previous daemon's programs enforcing.
+    let pins = match PinDir::open(&root.path) {
+        Ok(p) => p,
+        Err(e) => {
+            if fresh_pins {
+                let _ =
+                    std::fs::remove_dir_all(crate::kernel::pins::pin_dir(&crate::kernel::pins::bpffs()?, &root.path));
+            }
+            return Err(e.into());
+        }
+    };
+    instance.add_pins(&pins.base)?;
+    // A start that fails before it is running takes back the pins it created (unpinned, its
+    // links go with its descriptors); pins it adopted stay, and so do the links it switched to
+    // its own programs, which enforce the same maps.
     let mut unpin_on_failure = Unpin(fresh_pins.then(|| pins.base.clone()));
     let mut kernel = Kernel::load(root.agent_level, *d.events_buffer_bytes.get_ref() as u32, pins)?;
     let adopted = kernel.adopted;
@@ -204,15 +225,6 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     governor.tick(unix_now(), true)?;
-    unpin_on_failure.0 = None;
-
-    // Handlers go in before the socket answers: a SIGTERM sent as soon as the daemon is ready
-    // must stop it cleanly, not kill it. Each is created once; a stream made per loop turn
-    // would miss a signal that arrives while another branch runs.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let budget_event = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
@@ -230,6 +242,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     tasks.spawn(deliveries(governor.clone(), done_rx));
     // Only now may anyone find the socket: every program is attached and the maps are filled.
     control_socket.publish()?;
+    unpin_on_failure.0 = None;
     tracing::info!(socket = %control_socket.path().display(), "control socket ready");
 
     let result = loop {

@@ -75,7 +75,8 @@ impl EventLog {
         {
             entry.1.push(dest.clone());
         }
-        if entry.2.len() < DENIAL_EXAMPLES && !entry.2.contains(&d.pid) {
+        // Packet-path refusals have no task (pid 0): name only real pids.
+        if d.pid != 0 && entry.2.len() < DENIAL_EXAMPLES && !entry.2.contains(&d.pid) {
             entry.2.push(d.pid);
         }
         if self.recent.len() == RECENT_DENIALS {

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dns;
 pub mod explain;
 pub mod governor;
+pub mod instance;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;

@@ -25,6 +25,10 @@ pub enum ControlError {
     NotPaused(String),
     #[error("agent {0:?} is not suspended by its budget: nothing to lift")]
     NotSuspended(String),
+    #[error(
+        "agent {0:?} has a total budget: it has no window to roll, so lifting its suspension would lift its ceiling for good. Raise its limit and `governor reload` instead"
+    )]
+    TotalWindow(String),
     #[error("refused: the audit log cannot be written ({0}); nothing was changed")]
     Unrecorded(String),
     #[error(transparent)]
@@ -103,8 +107,14 @@ impl Governor {
     /// Lifts `agent`'s budget suspension for the rest of its window: an explicit act, audited
     /// as `budget_resume`. The `resumed` notice follows from the next tick, with this reason.
     pub fn resume_budget(&self, agent: &str, by: &Caller) -> Result<(), ControlError> {
-        if !self.core().books.budget_suspended(agent) {
-            return Err(ControlError::NotSuspended(agent.to_owned()));
+        {
+            let core = self.core();
+            if !core.books.budget_suspended(agent) {
+                return Err(ControlError::NotSuspended(agent.to_owned()));
+            }
+            if core.books.account(agent).is_some_and(|a| a.spec.window == crate::accounting::window::Window::Total) {
+                return Err(ControlError::TotalWindow(agent.to_owned()));
+            }
         }
         self.record("budget_resume", agent, json!({ "by": by }))?;
         {

@@ -38,6 +38,7 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<&'static str>
         .or_else(|| same(a.state_dir.get_ref() == b.state_dir.get_ref(), "daemon.state_dir"))
         .or_else(|| same(a.audit_log.get_ref() == b.audit_log.get_ref(), "daemon.audit_log"))
         .or_else(|| same(a.currency.get_ref() == b.currency.get_ref(), "daemon.currency"))
+        .or_else(|| same(a.unlisted_agents == b.unlisted_agents, "daemon.unlisted_agents"))
         .or_else(|| {
             same(a.events_buffer_bytes.get_ref() == b.events_buffer_bytes.get_ref(), "daemon.events_buffer_bytes")
         })

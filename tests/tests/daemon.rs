@@ -148,19 +148,33 @@ fn sigterm_detaches_every_program() {
 }
 
 #[test]
-fn a_second_daemon_on_the_same_socket_is_refused() {
-    if !privileged("a_second_daemon_on_the_same_socket_is_refused") {
+fn a_second_daemon_on_the_same_socket_state_or_root_is_refused() {
+    if !privileged("a_second_daemon_on_the_same_socket_state_or_root_is_refused") {
         return;
     }
     let root = AgentsRoot::new();
     let daemon = Daemon::start(&root, "");
-    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&daemon.config).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another governor is already serving"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let second = |config: &std::path::Path| {
+        let out = Command::new(governor_bin()).args(["run", "--config"]).arg(config).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The same config: its state directory is taken, and the first daemon's pid is named.
+    let stderr = second(&daemon.config);
+    assert!(stderr.contains("another governor") && stderr.contains(&format!("(pid {})", daemon.pid())), "{stderr}");
+    // Its own socket and state, the same agents root: refused, and the first is unhurt.
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = second(&write_config(dir.path(), &root, ""));
+    assert!(stderr.contains("another governor is serving this agents root"), "{stderr}");
+    assert!(!dir.path().join("governor.sock").exists() && !dir.path().join(".governor.sock.starting").exists());
+    // The same socket, its own state and agents root: the live socket is not taken over.
+    let other_root = AgentsRoot::new();
+    let text = std::fs::read_to_string(write_config(dir.path(), &other_root, ""))
+        .unwrap()
+        .replace(&dir.path().join("governor.sock").display().to_string(), &daemon.socket.display().to_string());
+    std::fs::write(dir.path().join("governor.toml"), text).unwrap();
+    let stderr = second(&dir.path().join("governor.toml"));
+    assert!(stderr.contains("another governor is already serving"), "{stderr}");
     assert!(daemon.status()["version"].is_string(), "the first daemon still answers");
 }
 

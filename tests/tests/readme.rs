@@ -76,6 +76,14 @@ impl DefaultRoot {
     fn claim() -> Self {
         let mount = governor::cgroup::Cgroup2Mount::discover().unwrap().mount_point;
         let path = mount.join("governor.agents");
+        assert!(
+            std::net::TcpListener::bind("127.0.0.1:9477").is_ok(),
+            "127.0.0.1:9477 (the default metrics address) is taken; this test runs the default config"
+        );
+        assert!(
+            std::os::unix::net::UnixStream::connect("/run/governor/governor.sock").is_err(),
+            "a governor answers on /run/governor/governor.sock; this test runs the default config"
+        );
         if path.exists() {
             // Empty cgroups left by nothing that runs can go; a live agent's cannot.
             remove_tree(&path, false);
@@ -85,10 +93,6 @@ impl DefaultRoot {
                 path.display()
             );
         }
-        assert!(
-            std::net::TcpListener::bind("127.0.0.1:9477").is_ok(),
-            "127.0.0.1:9477 (the default metrics address) is taken; this test runs the default config"
-        );
         let mut created_dirs = Vec::new();
         for d in PRIVATE_DIRS {
             if !Path::new(d).exists() {
@@ -120,7 +124,7 @@ for _ in $(seq 1 1200); do
   sleep 0.25
 done
 if [ $ready = 1 ]; then
-  bash -x {out}/block.sh > {out}/block.out 2>&1
+  bash -eux -o pipefail {out}/block.sh > {out}/block.out 2>&1
   echo $? > {out}/block.code
   {governor} status --json > {out}/status.json
 fi
@@ -232,18 +236,25 @@ fn the_readme_blocks_work_as_written() {
         );
         assert_eq!(run.code, 0, "{context}");
         match block.daemon.as_str() {
-            // The embedded default observes: the demo agent's connect is counted, not refused.
+            // The embedded default is a sandbox: the demo agent's connect is refused and counted.
             "cargo xtask run" => {
                 let demo = agent(&run.status, "demo");
-                assert_eq!(demo["mode"], "observe", "{context}");
-                assert!(total(demo, "would_deny") >= 1 && total(demo, "denied") == 0, "{demo:#}\n{context}");
-                assert!(run.output.contains("demo"), "status shows the agent: {context}");
+                assert_eq!(demo["mode"], "enforce", "{context}");
+                assert!(total(demo, "denied") == 1 && total(demo, "allowed") == 0, "{demo:#}\n{context}");
+                assert!(run.output.lines().any(|l| l == "refused"), "{context}");
+                let row = run.output.lines().find(|l| l.starts_with("demo ")).unwrap_or_else(|| panic!("{context}"));
+                assert!(row.contains("enforce"), "status shows the agent enforced: {row}");
             }
-            // The example's scanner may not reach the metrics port: refused, and counted.
+            // The example's scanner may not reach the metrics port: refused, and counted, and the
+            // metrics say so (the block's grep must find the series).
             _ => {
                 let scanner = agent(&run.status, "scanner");
                 assert!(total(scanner, "denied") >= 1, "{scanner:#}\n{context}");
-                assert!(run.output.contains("refused"), "{context}");
+                assert!(run.output.lines().any(|l| l == "refused"), "{context}");
+                assert!(
+                    run.output.lines().any(|l| l.starts_with("governor_connections_total{agent=\"scanner\"")),
+                    "{context}"
+                );
             }
         }
     }
@@ -282,9 +293,15 @@ fn every_example_starts_on_the_default_root_and_governs() {
         assert_eq!(run.code, 0, "{context}");
         let a = agent(&run.status, name);
         if *enforce {
-            assert!(total(a, "denied") >= 1 && run.output.contains("refused"), "{a:#}\n{context}");
+            assert!(
+                total(a, "denied") >= 1 && run.output.lines().any(|l| l.starts_with("refused: ")),
+                "{a:#}\n{context}"
+            );
         } else {
-            assert!(total(a, "would_deny") >= 1 && !run.output.contains("refused"), "{a:#}\n{context}");
+            assert!(
+                total(a, "would_deny") >= 1 && !run.output.lines().any(|l| l.starts_with("refused: ")),
+                "{a:#}\n{context}"
+            );
         }
     }
 }

@@ -411,7 +411,10 @@ fn a_raised_budget_resumes_and_plain_resume_leaves_a_budget_suspension_alone() {
     let root = AgentsRoot::new();
     let sink = Server::start(Serve::Sink);
     let body = |limit: &str| {
-        agent_with(&api(sink.port, r#"{ connection = "0.25" }"#), &format!("budget = {{ limit = \"{limit}\" }}"))
+        agent_with(
+            &api(sink.port, r#"{ connection = "0.25" }"#),
+            &format!("budget = {{ limit = \"{limit}\", window = \"day\" }}"),
+        )
     };
     let daemon = Daemon::start(&root, &body("1.00"));
     let agent = root.path.join("a1");

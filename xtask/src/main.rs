@@ -80,7 +80,15 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // One line with its causes, never a backtrace: these are a user's errors, not bugs.
         Err(e) => {
-            eprintln!("xtask: error: {e:#}");
+            // Each cause once: some name their cause in their own message too.
+            let mut line = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !line.contains(&cause) {
+                    line.push_str(if line.is_empty() { "" } else { ": " });
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("xtask: error: {line}");
             std::process::ExitCode::FAILURE
         }
     }

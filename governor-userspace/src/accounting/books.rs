@@ -35,6 +35,8 @@ pub struct Account {
     pub ledger: Ledger,
     /// The kernel's spend total at the last tick.
     pub spent: u64,
+    /// The kernel's count of new connections (checkpoints) at the last tick.
+    pub connections: u64,
     /// Paused by an operator or waiting at a checkpoint; the kernel refuses while set.
     pub paused: Option<Pause>,
     pub checkpoints: CheckpointSpec,
@@ -66,10 +68,11 @@ impl Account {
         (c.rate_interval_ns, c.rate_tolerance_ns) = self.limits.rate_ns();
         c.max_concurrent = self.limits.max_concurrent.unwrap_or(0);
         // The milestones as gates the kernel holds, counted from the last acknowledgement.
+        // Written even without checkpoints, so a restarted daemon adopts the true generation.
+        c.checkpoint_generation = self.checkpoint_generation;
         let cp = &self.checkpoints;
         if cp.any() || waiting {
             c.flags |= CONTROL_CHECKPOINT;
-            c.checkpoint_generation = self.checkpoint_generation;
             c.checkpoint_connections =
                 cp.every_connections.map_or(0, |n| self.marks.connections.saturating_add(n).max(1));
             c.checkpoint_spend = cp.every_spend.map_or(0, |m| self.marks.spent.saturating_add(m.0).max(1));
@@ -87,6 +90,7 @@ impl Account {
         self.spec.limit.is_some()
             || !matches!(self.spec.window, Window::Total)
             || self.checkpoints.every_spend.is_some()
+            || self.checkpoints.every_connections.is_some()
     }
 
     /// Writes what the kernel must enforce now to the slot's CONTROL entry.
@@ -102,12 +106,20 @@ impl Account {
 /// the two clocks when the daemon first asked: fixed, so a control value computed twice is the
 /// same. Never 0 (0 means "no deadline" to the kernel).
 fn boot_ns_at(unix: i64) -> u64 {
-    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let offset = *OFFSET.get_or_init(|| {
-        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| t.tv_sec());
-        crate::governor::unix_now() - boot
+    static OFFSET_NS: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+    let offset = *OFFSET_NS.get_or_init(|| {
+        let ns = |c| {
+            nix::time::clock_gettime(c).map_or(0, |t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+        };
+        ns(nix::time::ClockId::CLOCK_REALTIME) - ns(nix::time::ClockId::CLOCK_BOOTTIME)
     });
-    (unix.saturating_sub(offset).max(0) as u64).saturating_mul(1_000_000_000).max(1)
+    (i128::from(unix) * 1_000_000_000 - offset).clamp(1, i128::from(u64::MAX)) as u64
+}
+
+/// The kernel's boot clock now, in ns, as `bpf_ktime_get_boot_ns` reads it.
+fn boot_ns_now() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
 }
 
 /// Why and since when an agent is paused.
@@ -229,9 +241,11 @@ impl Books {
             (None, None) => self.free_slot()?,
         };
         let kernel = maps.spend(slot)?;
+        let mut connections = kernel.connections;
         let (spent, ledger) = match saved {
             Some(s) if s.slot == slot => {
                 let spent = if adopted { kernel.spent.max(s.spent) } else { s.spent };
+                connections = if adopted { kernel.connections.max(s.connections) } else { s.connections };
                 (spent, s.ledger)
             }
             _ if adopted => {
@@ -242,10 +256,10 @@ impl Books {
             }
             _ => (0, Ledger::new(now, 0)),
         };
-        if !adopted || kernel.spent != spent {
-            // Fresh maps (a reboot): put the saved total back, and a saved suspension with it.
+        if !adopted || kernel.spent != spent || kernel.connections != connections {
+            // Fresh maps (a reboot): put the saved totals back, and a saved suspension with them.
             let exhausted = if ledger.suspended { ledger.generation } else { 0 };
-            maps.seed_spend(slot, spent, exhausted)?;
+            maps.seed_spend(slot, spent, exhausted, connections)?;
         }
         let (paused, marks) = saved_extra.unwrap_or((None, Marks { spent, time: now, connections: 0 }));
         // Adopted maps keep the generation a waiting slot is held at.
@@ -256,6 +270,7 @@ impl Books {
             spec,
             ledger,
             spent,
+            connections,
             paused,
             checkpoints: CheckpointSpec::default(),
             marks,
@@ -297,6 +312,7 @@ impl Books {
         for a in self.accounts.values_mut().filter(|a| every_account || a.watches_spend()) {
             let spend = maps.spend(a.slot)?;
             a.spent = spend.spent;
+            a.connections = spend.connections;
             for n in a.ledger.tick(&a.spec, now, spend.spent, spend.exhausted_generation) {
                 out.push((a.owner.clone(), n));
             }
@@ -311,7 +327,8 @@ impl Books {
     /// so status shows live spend between ticks.
     pub fn refresh(&mut self, maps: &KernelMaps) -> Result<(), KernelError> {
         for a in self.accounts.values_mut() {
-            a.spent = maps.spend(a.slot)?.spent;
+            let spend = maps.spend(a.slot)?;
+            (a.spent, a.connections) = (spend.spent, spend.connections);
         }
         Ok(())
     }
@@ -414,7 +431,10 @@ impl Books {
             let waiting = kernel.checkpoint_generation == a.checkpoint_generation;
             let c = &a.checkpoints;
             let connections = c.every_connections.is_some_and(|n| conns - a.marks.connections >= n);
-            let time = c.every_secs.is_some_and(|s| now - a.marks.time >= s);
+            // By the kernel's clock and deadline, so the daemon names the gate the kernel closed.
+            let time = c.every_secs.is_some_and(|s| {
+                now - a.marks.time >= s || boot_ns_now() >= boot_ns_at(a.marks.time.saturating_add(s))
+            });
             let spend = c.every_spend.is_some_and(|s| kernel.spent.saturating_sub(a.marks.spent) >= s.0);
             let milestone = if connections {
                 format!("{} connections since the last checkpoint", c.every_connections.unwrap_or_default())
@@ -446,6 +466,7 @@ impl Books {
                     ledger: a.ledger.clone(),
                     paused: a.paused.clone(),
                     marks: a.marks.clone(),
+                    connections: a.connections,
                 },
             );
         }

@@ -139,6 +139,10 @@ impl Ledger {
         if self.overridden.is_some() && self.overridden != spec.limit {
             self.overridden = None;
         }
+        // A suspension saved before the limit was recorded: count from the limit in force now.
+        if self.suspended && self.suspended_at_limit.is_none() {
+            self.suspended_at_limit = spec.limit;
+        }
         // Spend is held just below the ceiling by refunds, so "room" means a larger limit than
         // the one the agent was suspended at.
         if self.suspended

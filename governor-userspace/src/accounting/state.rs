@@ -40,6 +40,10 @@ pub struct SavedBudget {
     pub paused: Option<super::books::Pause>,
     #[serde(default)]
     pub marks: super::books::Marks,
+    /// The kernel's count of new connections (`Spend::connections`) when saved, so a reboot
+    /// does not give a connections checkpoint a fresh start.
+    #[serde(default)]
+    pub connections: u64,
 }
 
 pub const HOST: &str = "(host)";

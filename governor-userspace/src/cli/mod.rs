@@ -44,11 +44,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (as root): load the programs, attach them to the agents root, serve status and metrics.
     #[command(
-        after_help = "Examples:\n  sudo governor run                       # embedded default: observe every agent\n  sudo governor run --config examples/governor.toml\n\nLog verbosity follows RUST_LOG (default: info)."
+        after_help = "Examples:\n  sudo governor run                       # embedded default: a sandbox, nothing allowed\n  sudo governor run --config examples/governor.toml\n\nLog verbosity follows RUST_LOG (default: info)."
     )]
     Run {
-        /// Configuration file (TOML). Without it, the embedded default: observe-only over
-        /// <cgroup2>/governor.agents/, each child cgroup an agent.
+        /// Configuration file (TOML). Without it, the embedded default: each child cgroup of
+        /// <cgroup2>/governor.agents/ an agent with no allowlist (every connection refused).
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },

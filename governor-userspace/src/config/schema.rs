@@ -317,6 +317,9 @@ pub enum UnlistedAgents {
     /// Each unlisted child cgroup is an agent in observe mode with no allowlist: counted, never refused.
     #[default]
     Observe,
+    /// Each unlisted child cgroup is an agent in enforce mode with no allowlist: every
+    /// connection refused (and counted), DNS only to the resolvers, admitting nothing.
+    Enforce,
     /// Unlisted child cgroups are not agents: neither counted nor affected.
     Ignore,
 }

@@ -39,10 +39,10 @@ fn the_issue_example_loads() {
 }
 
 #[test]
-fn the_embedded_default_observes_everything() {
+fn the_embedded_default_is_a_sandbox() {
     let c = LoadedConfig::default_config().config;
-    assert!(c.agents.is_empty());
-    assert_eq!(c.daemon.unlisted_agents, UnlistedAgents::Observe);
+    assert!(c.agents.is_empty() && c.endpoints.is_empty());
+    assert_eq!(c.daemon.unlisted_agents, UnlistedAgents::Enforce);
     assert_eq!(c.daemon.agents_root.get_ref(), "governor.agents");
     assert_eq!(c.daemon.metrics.get_ref(), "127.0.0.1:9477");
 }

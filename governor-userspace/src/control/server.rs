@@ -68,6 +68,13 @@ impl ControlSocket {
         }
         let name = path.file_name().map_or_else(|| "governor.sock".into(), |n| n.to_string_lossy().into_owned());
         let pending = dir.join(format!(".{name}.starting"));
+        if std::os::unix::net::UnixStream::connect(&pending).is_ok() {
+            anyhow::bail!(
+                "another governor is starting with socket {} (its {} is bound); stop it first or set daemon.socket to another path",
+                path.display(),
+                pending.display()
+            );
+        }
         match std::fs::remove_file(&pending) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -378,7 +385,8 @@ async fn control(
             e @ (ControlError::NoCheckpoint(_)
             | ControlError::OnlyBudgetSuspended(_)
             | ControlError::NotPaused(_)
-            | ControlError::NotSuspended(_)),
+            | ControlError::NotSuspended(_)
+            | ControlError::TotalWindow(_)),
         )) => error(StatusCode::CONFLICT, &e.to_string()),
         Ok(Err(e @ ControlError::Unrecorded(_))) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

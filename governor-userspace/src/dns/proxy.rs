@@ -302,7 +302,7 @@ impl Governor {
                     }
                 }
                 if !failed.is_empty() {
-                    tracing::warn!(agent = %agent.name, name, errors = %failed.join("; "), "resolving an allowed host failed; it is admitted when the agent resolves it");
+                    tracing::warn!(agent = %agent.name, name, failed = %failed.join("; "), "could not resolve an allowed host ahead of the agent (the record types named); what the agent resolves itself is admitted then");
                 }
             }
         }

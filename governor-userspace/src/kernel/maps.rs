@@ -393,9 +393,15 @@ impl KernelMaps {
 
     /// Seeds a slot's spend total and suspension; only before any program can charge the slot
     /// (fresh maps after a reboot, or a slot no agent uses yet).
-    pub fn seed_spend(&mut self, slot: u32, spent: u64, exhausted_generation: u32) -> Result<(), KernelError> {
+    pub fn seed_spend(
+        &mut self,
+        slot: u32,
+        spent: u64,
+        exhausted_generation: u32,
+        connections: u64,
+    ) -> Result<(), KernelError> {
         let now = self.spend(slot).unwrap_or_default();
-        let spend = Spend { spent, exhausted_generation, tat_ns: 0, ..now };
+        let spend = Spend { spent, exhausted_generation, tat_ns: 0, connections, ..now };
         self.spend.set(slot, spend, 0).map_err(map_err(names::SPEND, "seed"))
     }
 

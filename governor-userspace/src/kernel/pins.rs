@@ -1,7 +1,7 @@
 //! Where governor pins its maps and links in bpffs, so they outlive the daemon: maps keep the
 //! money across restarts, links keep enforcing while the daemon is down.
 //!
-//! Layout: `<bpffs>/governor/v3/<key>/{maps,links}/<NAME>`, where `<key>` names the agents root
+//! Layout: `<bpffs>/governor/v4/<key>/{maps,links}/<NAME>`, where `<key>` names the agents root
 //! (see [`pin_key`]). The version directory changes whenever a map's layout does: aya reuses
 //! whatever sits at a pin path without checking its type or size.
 //!
@@ -93,24 +93,17 @@ pub fn pin_key(agents_root: &Path) -> String {
     format!("{readable}-{hex}")
 }
 
-/// The name governor used before 0.1 named roots by [`pin_key`]: the path with `/` as `_`. Only
-/// pins under a name bpffs could hold (no dot) are adopted under it.
+/// The name layouts up to v3 gave an agents root: the path with `/` as `_` (which bpffs refused
+/// for a dotted root). Pins under it are of an older layout, found to be refused, never adopted.
 fn legacy_key(agents_root: &Path) -> Option<String> {
     let key: String =
         agents_root.to_string_lossy().trim_start_matches('/').chars().map(|c| if c == '/' { '_' } else { c }).collect();
     (!key.contains('.')).then_some(key)
 }
 
-/// The pin directory of the governor serving `agents_root` (an absolute cgroup path): the
-/// legacy name where pins already live under it, otherwise [`pin_key`].
+/// The pin directory of the governor serving `agents_root` (an absolute cgroup path).
 pub fn pin_dir(bpffs: &Path, agents_root: &Path) -> PathBuf {
-    let versions = bpffs.join("governor").join(LAYOUT_VERSION);
-    if let Some(legacy) = legacy_key(agents_root)
-        && versions.join(&legacy).is_dir()
-    {
-        return versions.join(legacy);
-    }
-    versions.join(pin_key(agents_root))
+    bpffs.join("governor").join(LAYOUT_VERSION).join(pin_key(agents_root))
 }
 
 #[derive(Debug, Clone)]
@@ -227,21 +220,6 @@ mod tests {
         let mut found = other_layouts(tmp.path(), root);
         found.sort();
         assert_eq!(found, vec![old_legacy, old_keyed]);
-    }
-
-    #[test]
-    fn pins_under_the_legacy_name_are_adopted_where_bpffs_could_hold_them() {
-        let tmp = tempfile::tempdir().unwrap();
-        let legacy = tmp.path().join("governor").join(LAYOUT_VERSION).join("cg_agents");
-        assert_ne!(pin_dir(tmp.path(), Path::new("/cg/agents")), legacy);
-        std::fs::create_dir_all(&legacy).unwrap();
-        assert_eq!(pin_dir(tmp.path(), Path::new("/cg/agents")), legacy);
-        // A dotted root never had valid pins: it always gets the new name.
-        std::fs::create_dir_all(tmp.path().join("governor").join(LAYOUT_VERSION).join("cg_a.b")).unwrap();
-        assert_eq!(
-            pin_dir(tmp.path(), Path::new("/cg/a.b")).file_name().unwrap().to_str().unwrap(),
-            pin_key(Path::new("/cg/a.b"))
-        );
     }
 
     #[test]
