@@ -244,6 +244,10 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     control_socket.publish()?;
     unpin_on_failure.0 = None;
     tracing::info!(socket = %control_socket.path().display(), "control socket ready");
+    // systemd's Type=notify: units ordered After=governor.service start only now.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not tell systemd the daemon is ready (NOTIFY_SOCKET)");
+    }
 
     let result = loop {
         tokio::select! {
@@ -265,6 +269,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             },
         }
     };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tasks.abort_all();
     // Last books and state before the programs go: nothing counted is lost.
     if let Err(e) = governor.tick(unix_now(), true) {

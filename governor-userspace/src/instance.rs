@@ -50,6 +50,11 @@ impl InstanceLock {
         Ok(Self { _locks: vec![lock], pid_file: Some(pid_file) })
     }
 
+    /// No lock yet: for adding pin directories alone (`governor detach`).
+    pub fn none() -> Self {
+        Self { _locks: Vec::new(), pid_file: None }
+    }
+
     /// Adds the lock on the pin directory of the agents root; `state_dir`'s pid file names the
     /// other daemon when both share it.
     pub fn add_pins(&mut self, pin_dir: &Path) -> Result<(), InstanceError> {

@@ -66,6 +66,7 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Detach { config, dry_run } => governor::cli::detach(config.as_deref(), dry_run),
         Command::Reload { socket } => current_thread().and_then(|rt| rt.block_on(governor::cli::reload(&socket))),
         Command::Top { count, socket } => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::top(count, &socket)))

@@ -140,8 +140,8 @@ pub fn render(s: &Status) -> Result<String, String> {
     let conns = counter(
         &r,
         "governor_connections_total",
-        "connect() and UDP sendmsg() calls by agent, endpoint and verdict (allowed, denied, would_deny).",
-        &["agent", "endpoint", "verdict"],
+        "connect() and UDP sendmsg() calls by agent, endpoint and verdict (allowed, denied, would_deny); denials also by reason (not-allowlisted, budget, paused, checkpoint, rate-limit, concurrency, socket-type, dns-resolver).",
+        &["agent", "endpoint", "reason", "verdict"],
     )?;
     let state = register(
         &r,
@@ -284,9 +284,15 @@ pub fn render(s: &Status) -> Result<String, String> {
             bytes.with_label_values(&l("ingress")).inc_by(c.rx_bytes);
             packets.with_label_values(&l("egress")).inc_by(c.tx_packets);
             packets.with_label_values(&l("ingress")).inc_by(c.rx_packets);
-            conns.with_label_values(&l("allowed")).inc_by(c.allowed);
-            conns.with_label_values(&l("denied")).inc_by(c.denied);
-            conns.with_label_values(&l("would_deny")).inc_by(c.would_deny);
+            let v = |reason: &str, verdict: &str| {
+                [a.name.clone(), e.endpoint.clone(), reason.to_owned(), verdict.to_owned()]
+            };
+            conns.with_label_values(&v("", "allowed")).inc_by(c.allowed);
+            conns.with_label_values(&v("", "would_deny")).inc_by(c.would_deny);
+            // The kernel counts refusals by reason; summed over reasons they are `denied`.
+            for (reason, n) in &c.denied_by_reason {
+                conns.with_label_values(&v(reason, "denied")).inc_by(*n);
+            }
             endpoint_spend.with_label_values(&[a.name.as_str(), e.endpoint.as_str(), cur]).inc_by(units(e.spend_pico));
         }
     }

@@ -114,8 +114,11 @@ fn status_and_metrics_show_the_same_numbers() {
         (r#"governor_bytes_total{agent="a1",direction="egress",endpoint="sink"}"#, c.tx_bytes),
         (r#"governor_bytes_total{agent="a1",direction="ingress",endpoint="sink"}"#, c.rx_bytes),
         (r#"governor_packets_total{agent="a1",direction="egress",endpoint="sink"}"#, c.tx_packets),
-        (r#"governor_connections_total{agent="a1",endpoint="sink",verdict="allowed"}"#, 1),
-        (r#"governor_connections_total{agent="a1",endpoint="(unlisted)",verdict="denied"}"#, 1),
+        (r#"governor_connections_total{agent="a1",endpoint="sink",reason="",verdict="allowed"}"#, 1),
+        (
+            r#"governor_connections_total{agent="a1",endpoint="(unlisted)",reason="not-allowlisted",verdict="denied"}"#,
+            1,
+        ),
         (r#"governor_agent_state{agent="a1",state="enforcing"}"#, 1),
     ] {
         assert!(metrics.lines().any(|l| l == format!("{line} {value}")), "missing `{line} {value}` in:\n{metrics}");
@@ -208,6 +211,42 @@ fn a_clean_stop_keeps_enforcing_by_default() {
     assert!(stop["details"]["programs"].as_str().unwrap().contains("left enforcing"), "{stop}");
 }
 
+/// `governor detach` takes the enforcing programs off a root no daemon serves: a dry run first,
+/// then for real, audited; while a daemon runs, it refuses.
+#[test]
+fn detach_removes_what_a_stopped_daemon_left_enforcing() {
+    if !privileged("detach_removes_what_a_stopped_daemon_left_enforcing") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let other = Server::start(Serve::Sink);
+    let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    let config = daemon.config.clone();
+    let detach = |args: &[&str]| {
+        Command::new(governor_bin()).arg("detach").arg("--config").arg(&config).args(args).output().unwrap()
+    };
+    let out = detach(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another governor is serving this agents root"), "{out:?}");
+    assert!(daemon.stop().success());
+    let connect = || workload(Some(&root.path.join("a1")), &["connect", &other.addr("127.0.0.1")]);
+    assert!(connect().eperm(), "left enforcing");
+
+    let out = detach(&["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("would remove") && stdout.contains("program link(s)"), "{out:?}");
+    assert!(root.pin_dir().exists() && connect().eperm(), "a dry run changes nothing");
+
+    let out = detach(&[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!root.pin_dir().exists());
+    assert!(connect().ok(), "no program left on the root");
+    let record = daemon.audit_log().into_iter().find(|r| r["kind"] == "detach").expect("detach audited");
+    assert_eq!(record["details"]["by"]["uid"], 0, "{record}");
+    let out = detach(&[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("governor is not attached"), "{out:?}");
+}
+
 #[test]
 fn lost_events_leave_a_gap_record_and_no_count_is_lost() {
     if !privileged("lost_events_leave_a_gap_record_and_no_count_is_lost") {
@@ -272,9 +311,14 @@ fn once_the_socket_exists_a_forbidden_connect_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &root, "[[agent]]\nname = \"a1\"\n");
     let socket = dir.path().join("governor.sock");
+    // As systemd's Type=notify would: READY=1 must come, and only once it enforces.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
     let mut child = Command::new(governor_bin())
         .args(["run", "--config"])
         .arg(&path)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -297,4 +341,7 @@ fn once_the_socket_exists_a_forbidden_connect_is_refused() {
     let outcome = workload(Some(&agent), &["connect", &forbidden.addr("127.0.0.1")]);
     let _stop = Stop(child);
     assert!(outcome.eperm(), "a connect right after the socket appeared was not refused: {outcome:?}");
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("no READY=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"), "{:?}", String::from_utf8_lossy(&buf[..n]));
 }

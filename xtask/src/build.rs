@@ -60,8 +60,11 @@ pub fn floor_governor() -> anyhow::Result<PathBuf> {
 
 fn ebpf_with(extra: &[&str], target_dir: &str) -> anyhow::Result<()> {
     crate::prereqs::ensure()?;
+    // The kernel's architecture decides how aya-ebpf reads registers and context structs: the
+    // host's, as aya-build derives it (its names are Rust's: x86_64, aarch64, riscv64, ...).
+    let arch = format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH);
     let rustflags = [
-        "--cfg=bpf_target_arch=\"x86_64\"",
+        arch.as_str(),
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
         // v3: atomic fetch-add returning the old value (governor-ebpf/src/budget.rs); the

@@ -3,6 +3,7 @@
 mod audit;
 mod check;
 mod control;
+mod detach;
 mod events;
 mod exec;
 mod spend;
@@ -12,6 +13,7 @@ mod top;
 pub use audit::verify as audit_verify;
 pub use check::run as check;
 pub use control::{reload, run as control};
+pub use detach::run as detach;
 pub use events::run as events;
 pub use exec::run as exec;
 pub use top::run as top;
@@ -214,6 +216,21 @@ pub enum Command {
         socket: PathBuf,
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// Take governor off an agents root: unpin its program links (the programs stop at once) and
+    /// remove its pinned maps, under every map layout version, audited. Refused while a daemon
+    /// serves the root. The spend stays in daemon.state_dir for a later start.
+    #[command(
+        after_help = "Examples:\n  sudo governor detach --config /etc/governor/governor.toml --dry-run\n  sudo governor detach --config /etc/governor/governor.toml"
+    )]
+    Detach {
+        /// The configuration whose agents root (and audit log) to use; without it, the embedded
+        /// default's.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Re-read the daemon's configuration file and apply it atomically (as SIGHUP does); a
     /// configuration with any error is refused and the running policy stays.

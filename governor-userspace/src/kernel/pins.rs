@@ -28,7 +28,7 @@ pub enum PinError {
     )]
     Mount(#[source] nix::Error),
     #[error(
-        "pins of another governor map layout are at {}: an older governor's programs may still be attached there, enforcing with maps this version cannot read. Stop that governor with daemon.on_daemon_exit = \"detach\", or remove its pins (`rm -r {}`); spend is then reseeded from daemon.state_dir",
+        "pins of another governor map layout are at {}: an older governor's programs may still be attached there, enforcing with maps this version cannot read. Stop that governor, then `governor detach --config <this config>` (or `rm -r {}`); spend is then reseeded from daemon.state_dir",
         found.display(),
         found.display()
     )]
@@ -144,6 +144,14 @@ fn trusted_dir(path: &Path) -> Result<(), PinError> {
         return untrusted(format!("writable by its group or others (mode {:o})", meta.mode() & 0o7777));
     }
     Ok(())
+}
+
+/// Every pin directory of `agents_root` present, this layout's and older ones'.
+pub fn every_layout(bpffs: &Path, agents_root: &Path) -> Vec<PathBuf> {
+    let ours = pin_dir(bpffs, agents_root);
+    let mut all: Vec<PathBuf> = ours.is_dir().then_some(ours).into_iter().collect();
+    all.extend(other_layouts(bpffs, agents_root));
+    all
 }
 
 impl PinDir {
