@@ -692,3 +692,31 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
     }
 }
+
+/// Fills the pinned IPv4 allowlist with entries of an agent id no agent has, until the kernel
+/// has no room. Returns them, to remove again.
+pub fn fill_allowlist(root: &AgentsRoot) -> Vec<aya::maps::lpm_trie::Key<governor_common::AllowKeyV4>> {
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    use governor_common::{ALLOW_KEY_FIXED_BITS, AllowKeyV4, Rule};
+    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::ALLOW_V4)).unwrap();
+    let mut trie: LpmTrie<MapData, AllowKeyV4, Rule> = LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    let mut junk = Vec::new();
+    for i in 0u32.. {
+        let key = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(0x0bad_0001, 6, 1, i.to_be_bytes()));
+        if trie.insert(&key, Rule::default(), 0).is_err() {
+            break;
+        }
+        junk.push(key);
+    }
+    junk
+}
+
+pub fn clear_allowlist(root: &AgentsRoot, junk: &[aya::maps::lpm_trie::Key<governor_common::AllowKeyV4>]) {
+    use aya::maps::{LpmTrie, Map, MapData};
+    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::ALLOW_V4)).unwrap();
+    let mut trie: LpmTrie<MapData, governor_common::AllowKeyV4, governor_common::Rule> =
+        LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
+    for k in junk {
+        let _ = trie.remove(k);
+    }
+}

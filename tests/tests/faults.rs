@@ -95,34 +95,6 @@ fn a_full_disk_stops_no_enforcement_and_no_unrecorded_control() {
     drop(tmpfs);
 }
 
-/// Fills the pinned IPv4 allowlist with entries of an agent id no agent has, until the kernel
-/// has no room. Returns them, to remove again.
-fn fill_allowlist(root: &AgentsRoot) -> Vec<aya::maps::lpm_trie::Key<governor_common::AllowKeyV4>> {
-    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
-    use governor_common::{ALLOW_KEY_FIXED_BITS, AllowKeyV4, Rule};
-    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::ALLOW_V4)).unwrap();
-    let mut trie: LpmTrie<MapData, AllowKeyV4, Rule> = LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
-    let mut junk = Vec::new();
-    for i in 0u32.. {
-        let key = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(0x0bad_0001, 6, 1, i.to_be_bytes()));
-        if trie.insert(&key, Rule::default(), 0).is_err() {
-            break;
-        }
-        junk.push(key);
-    }
-    junk
-}
-
-fn clear_allowlist(root: &AgentsRoot, junk: &[aya::maps::lpm_trie::Key<governor_common::AllowKeyV4>]) {
-    use aya::maps::{LpmTrie, Map, MapData};
-    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::ALLOW_V4)).unwrap();
-    let mut trie: LpmTrie<MapData, governor_common::AllowKeyV4, governor_common::Rule> =
-        LpmTrie::try_from(Map::LpmTrie(data)).unwrap();
-    for k in junk {
-        let _ = trie.remove(k);
-    }
-}
-
 #[test]
 fn a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused() {
     if !privileged("a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused") {
@@ -145,7 +117,7 @@ fn a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused() {
     let dir = daemon.dir();
 
     let started = std::time::Instant::now();
-    let junk = fill_allowlist(&root);
+    let junk = governor_tests::fill_allowlist(&root);
     eprintln!("filled the allowlist with {} entries in {:?}", junk.len(), started.elapsed());
     assert!(junk.len() > 1_000_000, "the map holds about 2^20 entries: {}", junk.len());
 
@@ -169,7 +141,7 @@ fn a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused() {
     assert!(audit.iter().any(|r| r["kind"] == "policy_reload_refused"), "the refusal is on record");
 
     // Room again: the same lookup is admitted and the agent can connect.
-    clear_allowlist(&root, &junk);
+    governor_tests::clear_allowlist(&root, &junk);
     let out = with_resolver(&agent, dir.path(), resolver, &["getent", "ahostsv4", "full.allowed.test"]);
     assert!(out.status.success(), "{out:?}");
     assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.2.1")]).ok());

@@ -124,3 +124,44 @@ fn a_bad_reload_is_refused_and_the_running_policy_stays() {
     assert!(refused[1]["details"]["error"].as_str().unwrap().contains("daemon.socket changed"));
     assert_eq!(refused[2]["details"]["by"]["user"], "SIGHUP", "{refused:?}");
 }
+
+/// Unlisted (discovered) agents never switch generations; with them beside a configured agent,
+/// each reload must still install the generation not in use and remove the running one, so an
+/// endpoint a reload takes away is refused at once, reload after reload.
+#[test]
+fn reloads_with_unlisted_agents_beside_switch_generations_cleanly() {
+    if !privileged("reloads_with_unlisted_agents_beside_switch_generations_cleanly") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let servers: Vec<Server> = (0..4).map(|_| Server::start(Serve::Sink)).collect();
+    // Several unlisted cgroups, so whichever AGENTS entry comes first is likely one of them.
+    for i in 0..40 {
+        root.cgroup(&format!("zz{i}"));
+    }
+    let names = ["a", "b", "c", "d"];
+    let with =
+        |n: usize| endpoints(&names.iter().zip(&servers).take(n).map(|(nm, s)| (*nm, s.port)).collect::<Vec<_>>());
+    let daemon = Daemon::start(&root, &with(4));
+    daemon.wait_until("unlisted agents discovered", 5, |s| s["agents"].as_array().unwrap().len() == 41);
+    let agent = root.path.join("a1");
+    for n in [3, 2, 1] {
+        rewrite(&daemon, &with(n));
+        daemon.cli(&["reload"]);
+        for (i, s) in servers.iter().enumerate() {
+            let out = workload(Some(&agent), &["connect", &s.addr("127.0.0.1")]);
+            assert_eq!(out.ok(), i < n, "after the reload to {n} endpoints, endpoint {} {out:?}", names[i]);
+        }
+    }
+    // A policy the kernel cannot take (the allowlist is full) is refused, and the running rules
+    // stay: a misread generation made this refusal delete the running ones.
+    let junk = governor_tests::fill_allowlist(&root);
+    rewrite(&daemon, &with(4));
+    let out = daemon.cli_output(&["reload"]);
+    assert!(!out.status.success(), "{out:?}");
+    let a = workload(Some(&agent), &["connect", &servers[0].addr("127.0.0.1")]);
+    let b = workload(Some(&agent), &["connect", &servers[1].addr("127.0.0.1")]);
+    governor_tests::clear_allowlist(&root, &junk);
+    assert!(a.ok(), "the running policy's endpoint a after a refused reload: {a:?}");
+    assert!(b.eperm(), "the refused policy's endpoint b: {b:?}");
+}

@@ -314,8 +314,18 @@ impl KernelMaps {
     }
 
     /// The policy generation the registered agents use (adopted maps), if any is registered.
+    /// Discovered (unlisted) agents have no rules and always look like generation 0, so the
+    /// generation is 1 as soon as any agent's rule id has its generation bit flipped: reading
+    /// whichever entry came first once made a reload write into the running generation.
     pub fn current_generation(&self) -> Option<u32> {
-        self.agents.iter().filter_map(Result::ok).next().map(|(_, info)| u32::from(info.rule_id != info.agent_id))
+        let mut any = false;
+        for (_, info) in self.agents.iter().filter_map(Result::ok) {
+            if info.rule_id != info.agent_id {
+                return Some(1);
+            }
+            any = true;
+        }
+        any.then_some(0)
     }
 
     /// Makes the cgroup `cgroup_id` an agent (with its traffic slots filled in).
