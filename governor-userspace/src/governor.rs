@@ -59,8 +59,15 @@ pub struct DenialKey {
 }
 
 impl EventLog {
+    /// A deny event from the kernel's ring buffer.
     pub fn push(&mut self, d: Denial) {
         self.received += 1;
+        self.record(d);
+    }
+
+    /// A denial the daemon itself made (the DNS proxy's refusals): aggregated and shown like
+    /// the kernel's, not counted as a ring buffer event.
+    pub fn record(&mut self, d: Denial) {
         let key = DenialKey {
             agent_id: d.agent_id,
             reason: d.reason.clone(),
@@ -367,6 +374,35 @@ impl Governor {
         Ok(())
     }
 
+    /// Adds the queries the DNS proxy refused (enforce) or let through unallowed (observe) to
+    /// the agent's `dns` endpoint, so status and metrics count them with the kernel's refusals
+    /// (reasons `dns-name` and `dns-query`).
+    fn add_dns_refusals(&self, agent: &str, endpoints: &mut Vec<EndpointStatus>, totals: &mut AgentCounters) {
+        let stats = self.dns.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = |result: &'static str| stats.queries.get(&(agent.to_owned(), result)).copied().unwrap_or(0);
+        let (name, query, observed) = (count("refused"), count("refused-query"), count("not-allowed"));
+        if name + query + observed == 0 {
+            return;
+        }
+        let mut add = AgentCounters { denied: name + query, would_deny: observed, ..AgentCounters::default() };
+        for (reason, n) in [("dns-name", name), ("dns-query", query)].into_iter().filter(|(_, n)| *n > 0) {
+            add.denied_by_reason.insert(reason.to_owned(), n);
+        }
+        totals.add(&add);
+        let dns = "dns";
+        match endpoints.iter_mut().find(|e| e.endpoint == dns) {
+            Some(e) => e.counters.add(&add),
+            None => endpoints.push(EndpointStatus {
+                endpoint: dns.to_owned(),
+                spend: crate::accounting::money::Money(0).to_string(),
+                spend_pico: 0,
+                limits: None,
+                live_connections: None,
+                counters: add,
+            }),
+        }
+    }
+
     /// Writes the denials gathered since the last flush as aggregated audit records.
     pub fn flush_denials(&self) {
         let pending = std::mem::take(&mut self.events().pending);
@@ -467,6 +503,7 @@ impl Governor {
                         }
                     })
                     .collect();
+                self.add_dns_refusals(&a.name, &mut endpoints, &mut totals);
                 endpoints.sort_by(|x, y| x.endpoint.cmp(&y.endpoint));
                 let budget = core.books.status(&a.name, now);
                 let paused = core.books.account(&a.name).and_then(|acc| acc.paused.clone()).map(|p| PauseStatus {

@@ -345,3 +345,32 @@ fn once_the_socket_exists_a_forbidden_connect_is_refused() {
     let n = notify.recv(&mut buf).expect("no READY=1 on NOTIFY_SOCKET");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"), "{:?}", String::from_utf8_lossy(&buf[..n]));
 }
+
+/// bpffs is often mounted 1777: a user who makes governor's pin directories before its first
+/// start (bpffs is empty after every boot) would own its links and could unlink them. The daemon
+/// refuses such a directory and says which; shown in a private mount namespace on a fresh bpffs.
+#[test]
+fn pin_directories_another_user_made_are_refused() {
+    if !privileged("pin_directories_another_user_made_are_refused") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &root, "[[agent]]\nname = \"a1\"\n");
+    let script = format!(
+        "mount -t bpf bpf /sys/fs/bpf && chmod 1777 /sys/fs/bpf && \
+         setpriv --reuid 65534 --regid 65534 --clear-groups mkdir -p /sys/fs/bpf/governor/v4 && \
+         {} run --config {}; echo \"exit $?\"; ls -la /sys/fs/bpf/governor/v4",
+        governor_bin().display(),
+        config.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("exit 1"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("pin directory /sys/fs/bpf/governor is owned by uid 65534, not root"), "{stderr}");
+    assert!(!stdout.contains("sys_fs_cgroup"), "nothing pinned under the user's directory: {stdout}");
+    assert!(!dir.path().join("governor.sock").exists());
+}

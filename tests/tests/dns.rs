@@ -70,11 +70,14 @@ fn allowed_names_are_admitted_before_the_agent_sees_the_answer() {
     assert!(workload(Some(&agent), &["connect", &http.addr("::1")]).eperm());
     let out = curl(&agent, dir.path(), resolver, &format!("http://v6.allowed.test:{}/", http.port));
     assert!(out.status.success(), "v6: {out:?}");
-    // Resolved but not allowed: curl's connect is refused (exit 7), not its lookup (exit 6).
+    // Not allowed: the proxy refuses the lookup itself (curl exits 6, could not resolve), and
+    // the query never leaves the host.
+    let upstream_before = _dns.queries();
     for host in ["evil.test", "allowed.test"] {
         let out = curl(&agent, dir.path(), resolver, &url(host));
-        assert_eq!(out.status.code(), Some(7), "{host}: {out:?}");
+        assert_eq!(out.status.code(), Some(6), "{host}: {out:?}");
     }
+    assert_eq!(_dns.queries(), upstream_before, "a refused name was asked upstream");
     // The agent's resolver library saw its own resolver answer (recvmsg restores the source).
     let out = with_resolver(&agent, dir.path(), resolver, &["getent", "ahostsv4", "api.allowed.test"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1"), "{out:?}");
@@ -86,7 +89,7 @@ fn allowed_names_are_admitted_before_the_agent_sees_the_answer() {
     let status = daemon.status();
     assert_eq!(status["dns"]["resolvers"][0], "127.53.0.1", "{}", status["dns"]);
     let q = &status["dns"]["queries"]["a1"];
-    assert!(q["admitted"].as_u64().unwrap_or(0) >= 4 && q["not-allowed"].as_u64().unwrap_or(0) >= 2, "{q}");
+    assert!(q["admitted"].as_u64().unwrap_or(0) >= 4 && q["refused"].as_u64().unwrap_or(0) >= 2, "{q}");
     let table = daemon.status_table();
     assert!(table.contains("dns: resolvers 127.53.0.1 via proxy port") && table.contains("admitted"), "{table}");
     let metrics = daemon.metrics();
@@ -171,4 +174,89 @@ fn admitted_addresses_expire_by_last_use_and_caches_are_bounded() {
     let out = lookup("silent.allowed.test");
     assert!(!out.status.success());
     assert!(daemon.status()["dns"]["queries"]["a1"]["servfail"].as_u64().unwrap_or(0) >= 1);
+}
+
+/// A raw DNS query from inside an agent: name, type, and EDNS padding bytes (0: no OPT record).
+/// Prints the response code, or "timeout".
+const RAW_QUERY: &str = r#"
+import socket, struct, sys
+resolver, name, qtype, pad = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+qname = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+opt = b""
+if pad:
+    opt = b"\0" + struct.pack(">HHIH", 41, 4096, 0, pad + 4) + struct.pack(">HH", 12, pad) + b"\0" * pad
+msg = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 1 if pad else 0) + qname + struct.pack(">HH", qtype, 1) + opt
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((resolver, 53))
+s.send(msg)
+try:
+    print(s.recv(65535)[3] & 0x0F)
+except socket.timeout:
+    print("timeout")
+"#;
+
+fn raw_query(cgroup: &Path, resolver: Ipv4Addr, name: &str, qtype: u16, pad: usize) -> String {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", RAW_QUERY, &resolver.to_string(), name, &qtype.to_string(), &pad.to_string()]);
+    let out = governor_tests::run_in(cgroup, cmd);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// DNS is no channel out: in enforce mode only standard A/AAAA/CNAME/HTTPS/SVCB queries of
+/// allowed names, of a size a question has, leave the host; the rest get REFUSED from the proxy,
+/// counted as denials (reasons dns-name, dns-query). Observe mode relays and counts would_deny.
+#[test]
+fn dns_is_no_channel_out() {
+    if !privileged("dns_is_no_channel_out") {
+        return;
+    }
+    const REFUSED: &str = "5";
+    let root = AgentsRoot::new();
+    let resolver = Ipv4Addr::new(127, 53, 0, 4);
+    let dns = DnsServer::start(resolver, &[("api.allowed.test", Rr::A(Ipv4Addr::new(127, 0, 0, 1), 60))]);
+    // Wildcards only: the daemon resolves no exact name itself, so the upstream's count is the
+    // agents' alone.
+    let body = format!(
+        "[[endpoint]]\nname = \"api\"\nhosts = [\"*.allowed.test\"]\nports = [443]\nprotocol = \"tcp\"\n\
+         [[agent]]\nname = \"a1\"\nendpoints = [\"api\"]\n\
+         [[agent]]\nname = \"watch\"\nmode = \"observe\"\nendpoints = [\"api\"]\n\
+         [dns]\nresolvers = [\"{resolver}\"]\nupstream_timeout = \"1s\"\n"
+    );
+    let daemon = Daemon::start(&root, &body);
+    let agent = root.path.join("a1");
+    // An allowed name's address lookup goes through.
+    assert_eq!(raw_query(&agent, resolver, "api.allowed.test", 1, 0), "0");
+    let asked = dns.queries();
+    // A tunnel's shapes: data spelled in a name no allowlist has, a TXT or ANY for an allowed
+    // name, an UPDATE-sized payload in EDNS padding: refused here, never asked upstream.
+    assert_eq!(raw_query(&agent, resolver, "6465616462656566.tunnel.test", 1, 0), REFUSED);
+    assert_eq!(raw_query(&agent, resolver, "api.allowed.test", 16, 0), REFUSED);
+    assert_eq!(raw_query(&agent, resolver, "api.allowed.test", 255, 0), REFUSED);
+    assert_eq!(raw_query(&agent, resolver, "api.allowed.test", 1, 1000), REFUSED);
+    assert_eq!(dns.queries(), asked, "a refused query reached the upstream resolver");
+    let a1 = daemon.agent("a1");
+    let by_reason = &a1["totals"]["denied_by_reason"];
+    assert_eq!((by_reason["dns-name"].as_u64(), by_reason["dns-query"].as_u64()), (Some(1), Some(3)), "{a1:#}");
+    let q = &daemon.status()["dns"]["queries"]["a1"];
+    assert_eq!((q["refused"].as_u64(), q["refused-query"].as_u64()), (Some(1), Some(3)), "{q}");
+    let metrics = daemon.metrics();
+    assert!(
+        metrics
+            .contains(r#"governor_connections_total{agent="a1",endpoint="dns",reason="dns-name",verdict="denied"} 1"#),
+        "{metrics}"
+    );
+    // Aggregated into the audit log like the kernel's denials.
+    let record = daemon.wait_until("the refusals audited", 5, |_| {
+        daemon.audit_log().iter().any(|r| r["kind"] == "denied" && r["details"]["reason"] == "dns-name")
+    });
+    drop(record);
+
+    // Observe mode: relayed, and counted as would_deny.
+    let watch = root.path.join("watch");
+    let asked = dns.queries();
+    assert_ne!(raw_query(&watch, resolver, "6465616462656566.tunnel.test", 1, 0), REFUSED);
+    assert_eq!(dns.queries(), asked + 1, "observe mode relays");
+    assert_eq!(daemon.agent("watch")["totals"]["would_deny"].as_u64(), Some(1));
 }

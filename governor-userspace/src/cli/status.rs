@@ -95,10 +95,11 @@ pub fn table(s: &Status) -> String {
     let count = |result: &str| d.queries.values().filter_map(|r| r.get(result)).sum::<u64>();
     let _ = writeln!(
         out,
-        "dns: resolvers {} via proxy port {}; queries {} admitted, {} not allowed, {} servfail; cache {} of {} names, {} addresses, {} evicted",
+        "dns: resolvers {} via proxy port {}; queries {} admitted, {} refused, {} relayed unallowed (observe), {} servfail; cache {} of {} names, {} addresses, {} evicted",
         if d.resolvers.is_empty() { "none (agents' DNS is refused)".to_owned() } else { d.resolvers.join(", ") },
         d.proxy_port,
         count("admitted"),
+        count("refused") + count("refused-query"),
         count("not-allowed"),
         count("servfail"),
         d.cache.names,

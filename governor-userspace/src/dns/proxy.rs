@@ -216,6 +216,28 @@ async fn answer(g: &Arc<Governor>, local: Ipv4Addr, query: &[u8], tcp: bool) -> 
         g.dns.count(&agent_name, "dropped");
         return None;
     };
+    // Only what an allowed name's lookup needs leaves the host: a name the agent may not reach,
+    // or a query of another shape, is refused here in enforce mode (DNS is a channel out, and
+    // the upstream would carry whatever the name spells). Observe mode relays and counts.
+    let (allowed, enforce) = {
+        let core = g.core();
+        let policy = g.policy();
+        let enforce = core.agents.get(agent_id).is_none_or(|a| a.mode == crate::config::Mode::Enforce);
+        let allowed = policy.agents.iter().find(|a| a.id == agent_id).and_then(|a| a.host_rule(&q.name)).is_some();
+        (allowed, enforce)
+    };
+    let refusal = match message::unforwardable(query) {
+        Some(why) => Some(("dns-query", why)),
+        None if !allowed => Some(("dns-name", format!("{} is not an allowed host", q.name))),
+        None => None,
+    };
+    if let Some((reason, why)) = refusal {
+        g.dns_denial(agent_id, reason, enforce, &q.name, &why);
+        if enforce {
+            g.dns.count(&agent_name, if reason == "dns-name" { "refused" } else { "refused-query" });
+            return message::refused(query);
+        }
+    }
     let Some(resolver) = g.dns.resolver(index) else { return fail(format!("resolver {index} is not configured")) };
     let resolver = SocketAddr::new(resolver, governor_common::DNS_PORT);
     let timeout = g.policy().dns.upstream_timeout;
@@ -225,31 +247,51 @@ async fn answer(g: &Arc<Governor>, local: Ipv4Addr, query: &[u8], tcp: bool) -> 
         Ok(r) => r,
         Err(e) => return fail(format!("{}: {e}", q.name)),
     };
-    let parsed = match message::answer(&reply, &q) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("{}: {e}", q.name)),
-    };
-    let addrs = parsed.addresses(&q.name);
-    let g2 = g.clone();
-    let name = q.name.clone();
-    let outcome = tokio::task::spawn_blocking(move || g2.admit_answer(agent_id, &name, &addrs)).await;
+    // Parsing an answer is work an upstream chooses the size of: off the async threads, where
+    // it could hold up control requests.
+    let (g2, q2) = (g.clone(), q.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let parsed = message::answer(&reply, &q2).map_err(Ok)?;
+        let addrs = parsed.addresses(&q2.name);
+        g2.admit_answer(agent_id, &q2.name, &addrs).map(|o| (o, reply)).map_err(Err)
+    })
+    .await;
     match outcome {
-        Ok(Ok(Outcome::Admitted(n))) => {
+        Ok(Err(Ok(e))) => fail(format!("{}: {e}", q.name)),
+        Ok(Ok((Outcome::Admitted(n), reply))) => {
             g.dns.count(&agent_name, "admitted");
             g.dns.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admitted_addresses += n as u64;
             tracing::debug!(agent = %agent_name, name = %q.name, addresses = n, "DNS answer admitted");
             Some(reply)
         }
-        Ok(Ok(Outcome::NotAllowed)) => {
+        Ok(Ok((Outcome::NotAllowed, reply))) => {
+            // Observe mode only: enforce mode refused the name before asking upstream.
             g.dns.count(&agent_name, "not-allowed");
             Some(reply)
         }
-        Ok(Err(e)) => fail(format!("{}: the allowlist did not take the answer: {e}", q.name)),
+        Ok(Err(Err(e))) => fail(format!("{}: the allowlist did not take the answer: {e}", q.name)),
         Err(e) => fail(format!("{}: {e}", q.name)),
     }
 }
 
 impl Governor {
+    /// Records a query the proxy refused (or, in observe mode, would have): aggregated in the
+    /// audit log with the kernel's denials, under the `dns` endpoint.
+    fn dns_denial(&self, agent_id: u32, reason: &str, enforce: bool, name: &str, why: &str) {
+        tracing::debug!(agent_id, reason, name, why, "DNS query refused");
+        self.events().record(crate::kernel::Denial {
+            timestamp_ns: 0,
+            cgroup_id: 0,
+            agent_id,
+            pid: 0,
+            reason: reason.to_owned(),
+            verdict: if enforce { "denied" } else { "would_deny" }.to_owned(),
+            hook: "dns-proxy".to_owned(),
+            protocol: "dns".to_owned(),
+            destination: Some(name.chars().take(253).collect()),
+        });
+    }
+
     /// Admits an answer's addresses for an agent under the current policy (kernel, then cache).
     pub fn admit_answer(
         &self,
