@@ -76,6 +76,7 @@ pub mod programs {
     pub const RECVMSG6: &str = "governor_recvmsg6";
     pub const GETPEERNAME4: &str = "governor_getpeername4";
     pub const GETPEERNAME6: &str = "governor_getpeername6";
+    pub const SETSOCKOPT: &str = "governor_setsockopt";
 }
 
 /// Global set by the loader: the cgroup level of agent cgroups (agents root level + 1).
@@ -112,8 +113,11 @@ pub const REASON_DNS_RESOLVER: u8 = 7;
 /// The agent reached an oversight checkpoint (connections, spend or time since the last
 /// acknowledgement) and waits for `governor ack`.
 pub const REASON_CHECKPOINT: u8 = 8;
+/// A socket option that would route packets past the admitted destination (IPv6 routing
+/// headers, IPv4 source routes).
+pub const REASON_SOCKET_OPTION: u8 = 9;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
-pub const REASONS: usize = 9;
+pub const REASONS: usize = 10;
 
 /// Slots of the `CONTROL` and `SPEND` arrays: 0 is the host-wide budget, agents use 1..=MAX_AGENTS.
 pub const HOST_SLOT: u32 = 0;
@@ -143,6 +147,7 @@ pub const HOOK_SENDMSG: u8 = 2;
 pub const HOOK_EGRESS: u8 = 3;
 pub const HOOK_INGRESS: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
+pub const HOOK_SETSOCKOPT: u8 = 6;
 
 /// `SockTag::flags`: the socket holds one of its agent's `max_concurrent` places.
 pub const TAG_COUNTED: u32 = 1;
@@ -367,7 +372,7 @@ pub struct ConnCounters {
     /// Refusals by reason code (index 0 unused).
     pub denied: [u64; REASONS],
 }
-const _: () = assert!(size_of::<ConnCounters>() == 96);
+const _: () = assert!(size_of::<ConnCounters>() == 104);
 
 /// Value of `TRAFFIC` (each CPU's copy): bytes (L3 length as the cgroup_skb hook sees it) and
 /// packets per direction, and the pair they belong to. The daemon writes `key` into every

@@ -14,11 +14,12 @@ mod maps;
 mod skb;
 mod sock;
 mod sock_addr;
+mod sockopt;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier},
-    programs::{SkBuffContext, SockAddrContext, SockContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, classifier},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext, TcContext},
 };
 use governor_common::{HOOK_CONNECT, HOOK_SENDMSG};
 
@@ -91,6 +92,11 @@ pub fn governor_sock_create(ctx: SockContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn governor_sock_release(ctx: SockContext) -> i32 {
     unless_floor(1, || sock::release(&ctx))
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn governor_setsockopt(ctx: SockoptContext) -> i32 {
+    unless_floor(1, || sockopt::setsockopt(&ctx))
 }
 
 #[classifier]

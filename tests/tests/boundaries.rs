@@ -219,3 +219,47 @@ fn endpoint_limits_apply_per_agent_on_top_of_its_own() {
     let why = daemon.cli(&["explain", "--agent", "a1", &held.addr("127.0.0.1")]);
     assert!(why.contains("own limits") && why.contains("of 2 concurrent"), "{why}");
 }
+
+/// Options that would route a socket's packets past the destination it was admitted for: an
+/// IPv6 segment routing header (type 4, allowed without privileges) and an IPv4 loose source
+/// route (the kernel itself allows that one to root only). Outside an agent the kernel accepts
+/// them (the options are valid); inside, for any user, EPERM, counted under `socket-option`; an
+/// ordinary option still works.
+#[test]
+fn routing_header_and_source_route_options_are_refused() {
+    if !privileged("routing_header_and_source_route_options_are_refused") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import socket
+def attempt(family, level, option, value):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(level, option, value)
+        return "ok"
+    except OSError as e:
+        return "errno %d" % e.errno
+srh = bytes([0, 2, 4, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, "::1")
+print(attempt(socket.AF_INET6, socket.IPPROTO_IPV6, 57, srh))
+print(attempt(socket.AF_INET, socket.IPPROTO_IP, 4, bytes([131, 7, 4, 127, 0, 0, 2, 0])))
+print(attempt(socket.AF_INET, socket.IPPROTO_IP, socket.IP_TOS, 16))
+"#;
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, &config(sink.port, ""));
+    let script = |user: Option<u32>| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SCRIPT]);
+        if let Some(uid) = user {
+            as_user(&mut cmd, uid, uid);
+        }
+        cmd
+    };
+    let stdout = |out: std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(stdout(script(Some(NOBODY)).output().unwrap()), "ok\nerrno 1\nok\n", "outside, unprivileged");
+    assert_eq!(stdout(script(None).output().unwrap()), "ok\nok\nok\n", "outside, root");
+    let agent = root.path.join("a1");
+    assert_eq!(stdout(run_in(&agent, script(Some(NOBODY)))), "errno 1\nerrno 1\nok\n", "inside, unprivileged");
+    assert_eq!(stdout(run_in(&agent, script(None))), "errno 1\nerrno 1\nok\n", "inside, root");
+    assert_eq!(denied(&daemon, "socket-option"), 4);
+}

@@ -4,9 +4,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use governor_common::{
-    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SOCK_CREATE,
-    REASON_BUDGET, REASON_CHECKPOINT, REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_PAUSED,
-    REASON_RATE_LIMIT, REASON_SOCKET_TYPE, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SETSOCKOPT,
+    HOOK_SOCK_CREATE, REASON_BUDGET, REASON_CHECKPOINT, REASON_CONCURRENCY, REASON_DNS_RESOLVER,
+    REASON_NOT_ALLOWLISTED, REASON_PAUSED, REASON_RATE_LIMIT, REASON_SOCKET_OPTION, REASON_SOCKET_TYPE, VERDICT_DENIED,
+    VERDICT_WOULD_DENY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,7 @@ pub fn reason_name(code: u8) -> Option<&'static str> {
         REASON_SOCKET_TYPE => Some("socket-type"),
         REASON_DNS_RESOLVER => Some("dns-resolver"),
         REASON_CHECKPOINT => Some("checkpoint"),
+        REASON_SOCKET_OPTION => Some("socket-option"),
         _ => None,
     }
 }
@@ -69,6 +71,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
         HOOK_EGRESS => "egress",
         HOOK_INGRESS => "ingress",
         HOOK_SOCK_CREATE => "sock_create",
+        HOOK_SETSOCKOPT => "setsockopt",
         v => return Err(code("hook", v)),
     };
     let ip: Option<IpAddr> = match (e.family, e.hook) {
@@ -78,11 +81,13 @@ pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
         (AF_INET6, HOOK_CONNECT | HOOK_SENDMSG) => Some(Ipv6Addr::from(e.addr).into()),
         (0, HOOK_EGRESS | HOOK_INGRESS) => None,
         // The socket's family, type (in `port`) and protocol: there is no destination yet.
-        (_, HOOK_SOCK_CREATE) => None,
+        (_, HOOK_SOCK_CREATE | HOOK_SETSOCKOPT) => None,
         (v, _) => return Err(code("family", v)),
     };
     let destination = match e.hook {
         HOOK_SOCK_CREATE => Some(format!("socket(family {}, type {}, protocol {})", e.family, e.port, e.protocol)),
+        // The option's level travels in `protocol` and its name in `port`.
+        HOOK_SETSOCKOPT => Some(format!("setsockopt(level {}, option {})", e.protocol, e.port)),
         _ => ip.map(|ip| match ip {
             IpAddr::V4(a) => format!("{a}:{}", e.port),
             IpAddr::V6(a) => format!("[{a}]:{}", e.port),

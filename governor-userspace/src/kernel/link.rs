@@ -1,6 +1,8 @@
-//! The two bpf(2) commands aya 0.14 keeps private that adoption needs: open a pinned object
-//! (BPF_OBJ_GET) and swap the program behind a link atomically (BPF_LINK_UPDATE), so a restarted
-//! daemon replaces its programs with no gap in enforcement and no moment of double counting.
+//! The bpf(2) commands aya 0.14 keeps private: open a pinned object (BPF_OBJ_GET) and swap the
+//! program behind a link atomically (BPF_LINK_UPDATE), so a restarted daemon replaces its
+//! programs with no gap in enforcement and no moment of double counting; and, for the
+//! setsockopt program, whose aya link cannot become an `FdLink`, make a cgroup link
+//! (BPF_LINK_CREATE) and pin it (BPF_OBJ_PIN).
 
 use std::{
     ffi::CString,
@@ -8,7 +10,11 @@ use std::{
     path::Path,
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `enum bpf_attach_type`: the cgroup setsockopt hook.
+pub const BPF_CGROUP_SETSOCKOPT: u32 = 22;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -21,6 +27,15 @@ struct ObjGetAttr {
     file_flags: u32,
     path_fd: i32,
     _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
 }
 
 #[repr(C)]
@@ -46,6 +61,27 @@ pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Puts `program` on the cgroup `target` at `attach_type` as a new bpf_link; returns the link.
+pub fn link_create(program: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> std::io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the object `fd` at `path` in bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, ..Default::default() };
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
 /// Makes `link` run `program` from now on, atomically.

@@ -14,8 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType,
-        links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, CgroupSockopt, SchedClassifier,
+        TcAttachType, links::FdLink,
     },
 };
 use governor_common::{GLOBAL_AGENT_LEVEL, maps as map_names, programs};
@@ -100,6 +100,7 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     programs::GETPEERNAME6,
 ];
 const SOCK_PROGRAMS: [&str; 2] = [programs::SOCK_CREATE, programs::SOCK_RELEASE];
+const SOCKOPT_PROGRAMS: [&str; 1] = [programs::SETSOCKOPT];
 const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] =
     [(programs::SKB_EGRESS, CgroupSkbAttachType::Egress), (programs::SKB_INGRESS, CgroupSkbAttachType::Ingress)];
 
@@ -157,6 +158,20 @@ impl Kernel {
                 let id = prog.attach(&file, CgroupAttachMode::Single).map_err(program_err(name, "attach"))?;
                 fd_link(name, prog.take_link(id).map_err(program_err(name, "take link"))?)
             })?;
+        }
+        for name in SOCKOPT_PROGRAMS {
+            // aya 0.14's setsockopt link cannot become an FdLink to pin: made and pinned here.
+            self.program::<CgroupSockopt>(name)?.load().map_err(program_err(name, "load"))?;
+            let pin = self.pins.link(&link_name(name, root_id));
+            let program = self.ebpf.program(name).ok_or(KernelError::MissingProgram { name })?;
+            let fd = program.fd().map_err(program_err(name, "fd"))?;
+            if update_pinned(name, &pin, fd.as_fd())? {
+                continue;
+            }
+            let err = |op, source| KernelError::Link { name, path: pin.clone(), op, source };
+            let link_fd = link::link_create(fd.as_fd(), file.as_fd(), link::BPF_CGROUP_SETSOCKOPT)
+                .map_err(|e| err("create link", e))?;
+            link::obj_pin(link_fd.as_fd(), &pin).map_err(|e| err("pin", e))?;
         }
         for (name, attach_type) in SKB_PROGRAMS {
             self.program::<CgroupSkb>(name)?.load().map_err(program_err(name, "load"))?;
@@ -270,6 +285,7 @@ impl Kernel {
         SOCK_ADDR_PROGRAMS
             .into_iter()
             .chain(SOCK_PROGRAMS)
+            .chain(SOCKOPT_PROGRAMS)
             .chain(SKB_PROGRAMS.into_iter().map(|(n, _)| n))
             .chain([programs::TC_EGRESS])
     }
