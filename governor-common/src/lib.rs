@@ -40,9 +40,12 @@ pub mod maps {
     pub const ENDPOINT_LIMITS: &str = "ENDPOINT_LIMITS";
     /// `HashMap<StatsKey, EndpointUse>`: their state; written by the kernel (atomically).
     pub const ENDPOINT_USE: &str = "ENDPOINT_USE";
+    /// `HashMap<InboundKey, u8>`: the (agent, protocol, local port) an agent may bind and take
+    /// connections or datagrams on (`[[agent]] inbound`); written by the daemon.
+    pub const INBOUND: &str = "INBOUND";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         AGENTS,
         ALLOW_V4,
         ALLOW_V6,
@@ -58,6 +61,7 @@ pub mod maps {
         RESOLVER_SLOTS,
         ENDPOINT_LIMITS,
         ENDPOINT_USE,
+        INBOUND,
     ];
 }
 
@@ -77,6 +81,8 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "governor_getpeername4";
     pub const GETPEERNAME6: &str = "governor_getpeername6";
     pub const SETSOCKOPT: &str = "governor_setsockopt";
+    pub const BIND4: &str = "governor_bind4";
+    pub const BIND6: &str = "governor_bind6";
 }
 
 /// Global set by the loader: the cgroup level of agent cgroups (agents root level + 1).
@@ -116,8 +122,11 @@ pub const REASON_CHECKPOINT: u8 = 8;
 /// A socket option that would route packets past the admitted destination (IPv6 routing
 /// headers, IPv4 source routes).
 pub const REASON_SOCKET_OPTION: u8 = 9;
+/// A bind to a port, or a packet of a socket nothing admitted (an accepted connection, a listener,
+/// a datagram received before any was sent), that `[[agent]] inbound` does not name.
+pub const REASON_INBOUND: u8 = 10;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
-pub const REASONS: usize = 10;
+pub const REASONS: usize = 11;
 
 /// Slots of the `CONTROL` and `SPEND` arrays: 0 is the host-wide budget, agents use 1..=MAX_AGENTS.
 pub const HOST_SLOT: u32 = 0;
@@ -148,6 +157,7 @@ pub const HOOK_EGRESS: u8 = 3;
 pub const HOOK_INGRESS: u8 = 4;
 pub const HOOK_SOCK_CREATE: u8 = 5;
 pub const HOOK_SETSOCKOPT: u8 = 6;
+pub const HOOK_BIND: u8 = 7;
 
 /// `SockTag::flags`: the socket holds one of its agent's `max_concurrent` places.
 pub const TAG_COUNTED: u32 = 1;
@@ -350,6 +360,19 @@ pub struct EndpointUse {
 }
 const _: () = assert!(size_of::<EndpointUse>() == 16);
 
+/// Key of `INBOUND`: a local port an agent may take traffic on, per protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundKey {
+    pub agent_id: u32,
+    /// Host byte order.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<InboundKey>() == 8);
+
 /// Key of the per-(agent, endpoint) counters, and the tag stored on each socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -372,7 +395,7 @@ pub struct ConnCounters {
     /// Refusals by reason code (index 0 unused).
     pub denied: [u64; REASONS],
 }
-const _: () = assert!(size_of::<ConnCounters>() == 104);
+const _: () = assert!(size_of::<ConnCounters>() == 112);
 
 /// Value of `TRAFFIC` (each CPU's copy): bytes (L3 length as the cgroup_skb hook sees it) and
 /// packets per direction, and the pair they belong to. The daemon writes `key` into every
@@ -478,6 +501,7 @@ mod pod {
     // SAFETY: each type is repr(C), all fields are integers or byte arrays, and the asserts
     // above prove there is no implicit padding.
     unsafe impl aya::Pod for super::AgentInfo {}
+    unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::Prices {}
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::SockTag {}

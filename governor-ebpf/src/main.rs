@@ -54,6 +54,16 @@ pub fn governor_sendmsg6(ctx: SockAddrContext) -> i32 {
     unless_floor(1, || sock_addr::verdict(&ctx, HOOK_SENDMSG, true))
 }
 
+#[cgroup_sock_addr(bind4)]
+pub fn governor_bind4(ctx: SockAddrContext) -> i32 {
+    unless_floor(1, || sock_addr::bind(&ctx, false))
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn governor_bind6(ctx: SockAddrContext) -> i32 {
+    unless_floor(1, || sock_addr::bind(&ctx, true))
+}
+
 #[cgroup_sock_addr(recvmsg4)]
 pub fn governor_recvmsg4(ctx: SockAddrContext) -> i32 {
     unless_floor(1, || dns::restore(&ctx, false))

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use governor_common::{
     AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, Control, DenyEvent, EndpointLimits, EndpointUse, HostEgress,
-    MAX_RESOLVERS, Resolver, ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TRAFFIC_SLOTS, TrafficCounters,
+    InboundKey, MAX_RESOLVERS, Resolver, ResolverSlot, Rule, SLOTS, SockTag, Spend, StatsKey, TRAFFIC_SLOTS,
+    TrafficCounters,
 };
 
 #[btf_map]
@@ -85,6 +86,19 @@ impl Zero for HostEgress {
     fn zero() -> &'static Self {
         &ZERO_EGRESS
     }
+}
+
+/// Local ports agents may take traffic on (`[[agent]] inbound`); the daemon writes, programs
+/// read (at bind, and on the first packet of a socket nothing admitted).
+#[btf_map]
+pub static INBOUND: HashMap<InboundKey, u8, 65_536> = HashMap::new();
+
+/// Whether `agent_id` may take `protocol` traffic on local `port`.
+#[inline(always)]
+pub fn inbound_allowed(agent_id: u32, protocol: u8, port: u16) -> bool {
+    let key = InboundKey { agent_id, port, protocol, _pad: 0 };
+    // SAFETY: only tested for presence; no pointer kept.
+    unsafe { INBOUND.get(&key).is_some() }
 }
 
 /// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot (zeroed) on first use.

@@ -5,19 +5,22 @@
 //! first packet, when connect/sendmsg never tagged it (accepted connections, sockets older than
 //! the daemon), pays for the agent lookup. A packet is counted only if it passes.
 
-use core::ptr::addr_of;
+use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
-    helpers::{bpf_ktime_get_ns, bpf_sk_storage_get},
+    helpers::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get},
     programs::SkBuffContext,
 };
-use governor_common::{DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, SockTag, VERDICT_DENIED};
+use governor_common::{
+    ConnCounters, DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, MODE_ENFORCE, REASON_INBOUND, SockTag,
+    StatsKey, VERDICT_DENIED,
+};
 
 use crate::{
     agent::{self, NO_AGENT},
     budget, events,
-    maps::{SOCK_TAGS, TRAFFIC},
+    maps::{CONN_STATS, SOCK_TAGS, TRAFFIC, inbound_allowed, per_cpu_add},
 };
 
 pub const PASS: i32 = 1;
@@ -39,6 +42,10 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     let tag = socket_tag(ctx, sk);
     if tag.agent_id == NO_AGENT {
         return PASS;
+    }
+    if tag.flags & NOT_ADMITTED != 0 {
+        refuse_inbound(&tag, direction);
+        return DROP;
     }
     // A suspended or paused agent's established connections carry no further payload.
     if budget::agent_blocked(tag.slot) != 0 {
@@ -70,9 +77,17 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     PASS
 }
 
+/// Marks a socket's tag (never stored) when nothing admitted its traffic: an enforce agent's
+/// socket that no connect or sendmsg tagged (an accepted connection, a listener, a datagram
+/// received before any was sent, a socket older than the daemon) on a local port
+/// `[[agent]] inbound` does not name.
+const NOT_ADMITTED: u32 = 1 << 31;
+
 /// The socket's tag, creating it (charged to the agent's unlisted endpoint, at no price) on
 /// first sight. Sockets that belong to no agent get `NO_AGENT` and no tag: they are looked up
-/// each time, so a cgroup that becomes an agent later is counted from then on.
+/// each time, so a cgroup that becomes an agent later is counted from then on. An enforce
+/// agent's socket whose local port `inbound` does not name gets no tag either, and the
+/// `NOT_ADMITTED` flag: its packets are dropped.
 #[inline(always)]
 fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
     let map = addr_of!(SOCK_TAGS).cast_mut().cast();
@@ -96,6 +111,22 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
     if agent.agent_id == NO_AGENT {
         return fresh;
     }
+    // The context's socket is a `sock_common` to the verifier; its protocol and local port are
+    // read through the full socket (the cgroup skb hooks only run for full sockets).
+    // SAFETY: helper on the context's non-null socket; 32-bit reads of the result's fields.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    let inbound = full.is_null() || {
+        let (protocol, port) =
+            unsafe { (read_volatile(addr_of!((*full).protocol)), read_volatile(addr_of!((*full).src_port))) };
+        inbound_allowed(agent.agent_id, protocol as u8, port as u16)
+    };
+    if !inbound {
+        if agent.mode == MODE_ENFORCE {
+            return SockTag { flags: NOT_ADMITTED, ..fresh };
+        }
+        let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
+        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
+    }
     // SAFETY: as above; creation fails (null) on request and time-wait sockets, which is fine.
     let tag = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), BPF_SK_STORAGE_GET_F_CREATE.into()) }
         .cast::<SockTag>();
@@ -104,6 +135,14 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
         unsafe { *tag = fresh };
     }
     fresh
+}
+
+/// Counts and reports a packet dropped because nothing admitted its socket.
+#[inline(always)]
+fn refuse_inbound(tag: &SockTag, direction: Direction) {
+    let key = StatsKey { agent_id: tag.agent_id, endpoint_id: ENDPOINT_UNLISTED };
+    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied[REASON_INBOUND as usize] += 1);
+    report_refused(tag, direction, REASON_INBOUND);
 }
 
 /// Tells the daemon a packet ran the agent (or host) into its ceiling or a spend checkpoint.

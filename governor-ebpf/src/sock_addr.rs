@@ -17,9 +17,9 @@ use aya_ebpf::{
 };
 use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
-    ENDPOINT_UNLISTED, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT, REASON_CONCURRENCY,
-    REASON_DNS_RESOLVER, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag, StatsKey, TAG_COUNTED,
-    TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    ENDPOINT_UNLISTED, HOOK_BIND, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT,
+    REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag,
+    StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -358,4 +358,36 @@ pub fn report(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8
         Dest::V6(a) => (AF_INET6, a),
     };
     events::deny(agent, hook, reason, verdict, protocol, family, port, &addr);
+}
+
+/// bind() for agents: a port other than 0 (the ephemeral ports clients bind) only if
+/// `[[agent]] inbound` names it for the socket's protocol; otherwise EPERM, reason `inbound`
+/// (observe mode: counted as would_deny). Nothing else can take connections or datagrams in:
+/// the packet hooks drop what arrives on a socket nothing admitted.
+#[inline(always)]
+pub fn bind(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: 32-bit reads of context fields, one at a time.
+    let (protocol, port) = unsafe {
+        (read_volatile(addr_of!((*sa).protocol)) as u8, u16::from_be(read_volatile(addr_of!((*sa).user_port)) as u16))
+    };
+    if port == 0 {
+        return ALLOW;
+    }
+    let agent = agent::of_current_task();
+    if agent.agent_id == NO_AGENT || crate::maps::inbound_allowed(agent.agent_id, protocol, port) {
+        return ALLOW;
+    }
+    // SAFETY: as above.
+    let dest =
+        unsafe { if v6 { read_ip6(sa) } else { Dest::V4(read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes()) } };
+    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
+    if agent.mode == MODE_ENFORCE {
+        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied[REASON_INBOUND as usize] += 1);
+        report(&agent, HOOK_BIND, REASON_INBOUND, VERDICT_DENIED, protocol, port, dest);
+        return DENY;
+    }
+    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
+    report(&agent, HOOK_BIND, REASON_INBOUND, VERDICT_WOULD_DENY, protocol, port, dest);
+    ALLOW
 }

@@ -119,7 +119,7 @@ impl AgentTable {
         maps.insert_rules(&policy.agents, admitted)?;
         let endpoint_limits = policy.endpoint_limits();
         let limited: std::collections::HashSet<u32> = endpoint_limits.iter().map(|(k, _)| k.agent_id).collect();
-        if let Err(e) = maps.set_endpoint_limits(&endpoint_limits) {
+        if let Err(e) = maps.set_endpoint_limits(&endpoint_limits).and_then(|()| maps.set_inbound(&policy.inbound())) {
             maps.remove_rules(&policy.agents, admitted);
             return Err(e.into());
         }

@@ -263,3 +263,99 @@ print(attempt(socket.AF_INET, socket.IPPROTO_IP, socket.IP_TOS, 16))
     assert_eq!(stdout(run_in(&agent, script(None))), "errno 1\nerrno 1\nok\n", "inside, root");
     assert_eq!(denied(&daemon, "socket-option"), 4);
 }
+
+/// Inbound: an enforce agent may bind only the ports `inbound` names (port 0, the ephemeral
+/// ports clients bind, stays free), and nothing reaches a socket of its that no connect or
+/// sendmsg admitted: a listener on an ephemeral port accepts nothing, a UDP socket that never
+/// sent receives nothing. A named port takes connections.
+#[test]
+fn inbound_connections_and_datagrams_are_refused_unless_named() {
+    if !privileged("inbound_connections_and_datagrams_are_refused_unless_named") {
+        return;
+    }
+    const LISTEN: &str = r#"
+import socket, sys
+kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[2])))
+except OSError as e:
+    print("bind errno %d" % e.errno, flush=True)
+    sys.exit(0)
+if kind == socket.SOCK_STREAM:
+    s.listen(8)
+print(s.getsockname()[1], flush=True)
+s.settimeout(4)
+try:
+    if kind == socket.SOCK_STREAM:
+        c, _ = s.accept()
+        c.settimeout(4)
+        print("got " + c.recv(100).decode(), flush=True)
+    else:
+        print("got " + s.recv(100).decode(), flush=True)
+except socket.timeout:
+    print("timeout", flush=True)
+"#;
+    let root = AgentsRoot::new();
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let named = free_port();
+    let body = format!(
+        "[[agent]]\nname = \"a1\"\n[[agent]]\nname = \"a2\"\ninbound = [{named}]\n[[agent]]\nname = \"watch\"\nmode = \"observe\"\n"
+    );
+    let daemon = Daemon::start(&root, &body);
+    let listen = |agent: &str, proto: &str, port: u16| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", LISTEN, proto, &port.to_string()]).stdout(std::process::Stdio::piped());
+        as_user(&mut cmd, NOBODY, NOBODY);
+        let mut child = governor_tests::spawn_in(&root.path.join(agent), cmd);
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+        (child, out, first.trim().to_owned())
+    };
+    let rest = |child: &mut std::process::Child, mut out: std::io::BufReader<std::process::ChildStdout>| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+        child.wait().unwrap();
+        text.trim().to_owned()
+    };
+    let knock_tcp = |port: u16| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+            Ok(mut s) => std::io::Write::write_all(&mut s, b"hello").is_ok(),
+            Err(_) => false,
+        }
+    };
+    let knock_udp = |port: u16| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"hello", ("127.0.0.1", port)).unwrap();
+    };
+
+    // a1 names no inbound port: binding one is refused...
+    let (mut child, out, first) = listen("a1", "tcp", free_port());
+    assert_eq!(first, "bind errno 1");
+    rest(&mut child, out);
+    // ...and a listener on an ephemeral port takes no connection, a UDP socket no datagram.
+    let (mut child, out, port) = listen("a1", "tcp", 0);
+    assert!(!knock_tcp(port.parse().unwrap()), "a connection reached a1's listener");
+    assert_eq!(rest(&mut child, out), "timeout");
+    let (mut child, out, port) = listen("a1", "udp", 0);
+    knock_udp(port.parse().unwrap());
+    assert_eq!(rest(&mut child, out), "timeout");
+    assert!(denied(&daemon, "inbound") >= 3, "{:#}", daemon.agent("a1"));
+
+    // a2 names a port: it binds it and takes connections and datagrams there.
+    let (mut child, out, port) = listen("a2", "tcp", named);
+    assert_eq!(port, named.to_string());
+    assert!(knock_tcp(named));
+    assert_eq!(rest(&mut child, out), "got hello");
+    let (mut child, out, _) = listen("a2", "udp", named);
+    knock_udp(named);
+    assert_eq!(rest(&mut child, out), "got hello");
+
+    // Observe mode lets it in and counts it.
+    let (mut child, out, port) = listen("watch", "tcp", free_port());
+    assert!(knock_tcp(port.parse().unwrap()));
+    assert_eq!(rest(&mut child, out), "got hello");
+    assert!(daemon.agent("watch")["totals"]["would_deny"].as_u64().unwrap_or(0) >= 1);
+}

@@ -384,6 +384,10 @@ pub struct AgentConfig {
     pub checkpoints: Option<Spanned<CheckpointConfig>>,
     #[serde(default)]
     pub limits: Option<Spanned<LimitsConfig>>,
+    /// Local ports the agent may bind and take connections or datagrams on (TCP and UDP);
+    /// none by default: in enforce mode nothing reaches an agent that it did not connect to.
+    #[serde(default)]
+    pub inbound: Vec<Spanned<i64>>,
 }
 
 /// `limits = { connections_per_minute = 600, burst = 50, max_concurrent = 32 }`, enforced in the

@@ -136,6 +136,7 @@ fn bad_values_are_refused() {
         (GOOD.replace("ports = [443, 8443]", "ports = [0]"), "0 is not a port"),
         (GOOD.replace("ports = [443, 8443]", "ports = [70000]"), "70000 is not a port"),
         (GOOD.replace("ports = [443, 8443]", "ports = [-1]"), "-1 is not a port"),
+        (GOOD.replace("mode = \"enforce\"", "mode = \"enforce\"\ninbound = [0]"), "agent[0].inbound: 0 is not a port"),
         (GOOD.replace("cgroup = \"scanner\"", "cgroup = \"a/b\""), "one directory directly under agents_root"),
         (GOOD.replace("cgroup = \"scanner\"", "cgroup = \"..\""), "agent[0].cgroup"),
         (

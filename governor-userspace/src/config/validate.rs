@@ -161,6 +161,11 @@ pub(super) fn validate(config: &Config) -> Result<(), Problem> {
                 format!("duplicate agent name {:?} (first defined as agent[{first}])", agent.name.get_ref()),
             ));
         }
+        for p in &agent.inbound {
+            if !(1..=65535).contains(p.get_ref()) {
+                return Err(problem(p.span(), key("inbound"), format!("{} is not a port (1 to 65535)", p.get_ref())));
+            }
+        }
         let cgroup_span = agent.cgroup.as_ref().map_or(agent.name.span(), |c| c.span());
         let cgroup = agent.cgroup_name();
         check_name(cgroup).map_err(|m| {

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use governor_common::{
-    AF_INET, AF_INET6, DenyEvent, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SETSOCKOPT,
-    HOOK_SOCK_CREATE, REASON_BUDGET, REASON_CHECKPOINT, REASON_CONCURRENCY, REASON_DNS_RESOLVER,
+    AF_INET, AF_INET6, DenyEvent, HOOK_BIND, HOOK_CONNECT, HOOK_EGRESS, HOOK_INGRESS, HOOK_SENDMSG, HOOK_SETSOCKOPT,
+    HOOK_SOCK_CREATE, REASON_BUDGET, REASON_CHECKPOINT, REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND,
     REASON_NOT_ALLOWLISTED, REASON_PAUSED, REASON_RATE_LIMIT, REASON_SOCKET_OPTION, REASON_SOCKET_TYPE, VERDICT_DENIED,
     VERDICT_WOULD_DENY,
 };
@@ -48,6 +48,7 @@ pub fn reason_name(code: u8) -> Option<&'static str> {
         REASON_DNS_RESOLVER => Some("dns-resolver"),
         REASON_CHECKPOINT => Some("checkpoint"),
         REASON_SOCKET_OPTION => Some("socket-option"),
+        REASON_INBOUND => Some("inbound"),
         _ => None,
     }
 }
@@ -72,13 +73,14 @@ pub fn decode_event(bytes: &[u8]) -> Result<Denial, DecodeError> {
         HOOK_INGRESS => "ingress",
         HOOK_SOCK_CREATE => "sock_create",
         HOOK_SETSOCKOPT => "setsockopt",
+        HOOK_BIND => "bind",
         v => return Err(code("hook", v)),
     };
     let ip: Option<IpAddr> = match (e.family, e.hook) {
-        (AF_INET, HOOK_CONNECT | HOOK_SENDMSG) => {
+        (AF_INET, HOOK_CONNECT | HOOK_SENDMSG | HOOK_BIND) => {
             Some(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).into())
         }
-        (AF_INET6, HOOK_CONNECT | HOOK_SENDMSG) => Some(Ipv6Addr::from(e.addr).into()),
+        (AF_INET6, HOOK_CONNECT | HOOK_SENDMSG | HOOK_BIND) => Some(Ipv6Addr::from(e.addr).into()),
         (0, HOOK_EGRESS | HOOK_INGRESS) => None,
         // The socket's family, type (in `port`) and protocol: there is no destination yet.
         (_, HOOK_SOCK_CREATE | HOOK_SETSOCKOPT) => None,

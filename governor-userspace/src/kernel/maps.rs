@@ -70,6 +70,7 @@ pub struct KernelMaps {
     resolvers: HashMap<MapData, [u8; 16], Resolver>,
     resolver_slots: Array<MapData, ResolverSlot>,
     endpoint_limits: HashMap<MapData, StatsKey, EndpointLimits>,
+    inbound: HashMap<MapData, governor_common::InboundKey, u8>,
     endpoint_use: HashMap<MapData, StatsKey, EndpointUse>,
 }
 
@@ -114,6 +115,7 @@ impl KernelMaps {
             resolvers: take(ebpf, names::RESOLVERS)?,
             resolver_slots: take(ebpf, names::RESOLVER_SLOTS)?,
             endpoint_limits: take(ebpf, names::ENDPOINT_LIMITS)?,
+            inbound: take(ebpf, names::INBOUND)?,
             endpoint_use: take(ebpf, names::ENDPOINT_USE)?,
         })
     }
@@ -134,6 +136,20 @@ impl KernelMaps {
             self.endpoint_limits.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
         for k in stale {
             let _ = self.endpoint_limits.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Makes `keys` the inbound ports in force: new ones first, then the ones no longer wanted.
+    pub fn set_inbound(&mut self, keys: &[governor_common::InboundKey]) -> Result<(), KernelError> {
+        let wanted: HashSet<governor_common::InboundKey> = keys.iter().copied().collect();
+        for k in keys {
+            self.inbound.insert(k, 1, 0).map_err(map_err(names::INBOUND, "insert"))?;
+        }
+        let stale: Vec<governor_common::InboundKey> =
+            self.inbound.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        for k in stale {
+            let _ = self.inbound.remove(&k);
         }
         Ok(())
     }

@@ -89,7 +89,7 @@ pub struct Kernel {
     pub adopted: bool,
 }
 
-const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+const SOCK_ADDR_PROGRAMS: [&str; 10] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SENDMSG4,
@@ -98,6 +98,8 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     programs::RECVMSG6,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
+    programs::BIND4,
+    programs::BIND6,
 ];
 const SOCK_PROGRAMS: [&str; 2] = [programs::SOCK_CREATE, programs::SOCK_RELEASE];
 const SOCKOPT_PROGRAMS: [&str; 1] = [programs::SETSOCKOPT];

@@ -59,6 +59,8 @@ pub struct CompiledAgent {
     pub hosts: Vec<HostRule>,
     /// Ids of the endpoints in its allowlist.
     pub endpoints: Vec<u32>,
+    /// Local ports it may take traffic on (`inbound`), TCP and UDP.
+    pub inbound: Vec<u16>,
 }
 
 /// A host name pattern an agent may reach, and the rules an address admitted for it becomes.
@@ -216,6 +218,19 @@ pub struct Policy {
 
 impl Policy {
     /// What `ENDPOINT_LIMITS` must hold: each (agent, endpoint) whose endpoint has limits.
+    /// Every agent's inbound ports, as `INBOUND` keys (TCP and UDP each).
+    pub fn inbound(&self) -> Vec<governor_common::InboundKey> {
+        let mut out = Vec::new();
+        for a in &self.agents {
+            for &port in &a.inbound {
+                for protocol in [governor_common::IPPROTO_TCP, governor_common::IPPROTO_UDP] {
+                    out.push(governor_common::InboundKey { agent_id: a.id, port, protocol, _pad: 0 });
+                }
+            }
+        }
+        out
+    }
+
     pub fn endpoint_limits(&self) -> Vec<(StatsKey, EndpointLimits)> {
         let mut out = Vec::new();
         for ep in self.endpoints.iter().filter(|e| !e.limits.is_none()) {
@@ -383,6 +398,7 @@ pub fn compile_generation(config: &Config, generation: u32) -> Result<Policy, Po
             rules_v6: Vec::new(),
             hosts: Vec::new(),
             endpoints: Vec::new(),
+            inbound: agent.inbound.iter().map(|p| u16::try_from(*p.get_ref()).expect("validated port")).collect(),
         };
         // (protocol, port, prefix) -> endpoint name, to refuse ambiguous overlaps.
         let mut seen: HashMap<(u8, u16, Cidr), &str> = HashMap::new();

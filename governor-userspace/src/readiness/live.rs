@@ -8,7 +8,7 @@ use crate::{config::LoadedConfig, config::Mode, control::Client, status::Status}
 
 /// Attach types (the kernel's `enum bpf_attach_type`) of each program governor puts on the
 /// agents root.
-const HOOKS: [(&str, u32); 13] = [
+const HOOKS: [(&str, u32); 15] = [
     ("governor_skb_ingress", 0),
     ("governor_skb_egress", 1),
     ("governor_sock_create", 2),
@@ -22,6 +22,8 @@ const HOOKS: [(&str, u32); 13] = [
     ("governor_getpeername6", 30),
     ("governor_sock_release", 34),
     ("governor_setsockopt", 22),
+    ("governor_bind4", 8),
+    ("governor_bind6", 9),
 ];
 
 /// Capabilities an agent must not hold: with any, it could leave its boundaries.
