@@ -43,9 +43,11 @@ pub mod maps {
     /// `HashMap<InboundKey, u8>`: the (agent, protocol, local port) an agent may bind and take
     /// connections or datagrams on (`[[agent]] inbound`); written by the daemon.
     pub const INBOUND: &str = "INBOUND";
+    /// `PerCpuArray<u64>` with one slot: verdicts `CONN_STATS` had no room to count.
+    pub const COUNTS_LOST: &str = "COUNTS_LOST";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         AGENTS,
         ALLOW_V4,
         ALLOW_V6,
@@ -62,6 +64,7 @@ pub mod maps {
         ENDPOINT_LIMITS,
         ENDPOINT_USE,
         INBOUND,
+        COUNTS_LOST,
     ];
 }
 

@@ -45,6 +45,11 @@ pub static EVENTS: RingBuf<DenyEvent, { 256 * 1024 }> = RingBuf::new();
 #[btf_map]
 pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
+/// Verdicts `CONN_STATS` had no room for (a new key in a full map): counted here, so the
+/// daemon can say how many went uncounted rather than lose them without a word.
+#[btf_map]
+pub static COUNTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 /// Host egress by sending cgroup id; the daemon creates key 0 for socketless packets and
 /// for cgroups the map has no room for.
 #[btf_map]
@@ -102,7 +107,7 @@ pub fn inbound_allowed(agent_id: u32, protocol: u8, port: u16) -> bool {
 }
 
 /// Adds `f(value)` to this CPU's slot of `map[key]`, creating the slot (zeroed) on first use.
-/// Returns false if the map had no room for a new key.
+/// Returns false, and counts it in `COUNTS_LOST`, if the map had no room for a new key.
 #[inline(always)]
 pub fn per_cpu_add<K, V: Zero, const N: usize>(map: &PerCpuHashMap<K, V, N>, key: &K, f: impl Fn(&mut V)) -> bool {
     if let Some(v) = map.get_ptr_mut(key) {
@@ -119,6 +124,12 @@ pub fn per_cpu_add<K, V: Zero, const N: usize>(map: &PerCpuHashMap<K, V, N>, key
             f(unsafe { &mut *v });
             true
         }
-        None => false,
+        None => {
+            if let Some(lost) = COUNTS_LOST.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot of a per-CPU array.
+                unsafe { *lost += 1 };
+            }
+            false
+        }
     }
 }

@@ -570,6 +570,7 @@ impl Governor {
             threshold_crossings: tally.threshold_crossings.iter().map(|((o, p), n)| (format!("{o}:{p}"), *n)).collect(),
             suspensions: tally.suspensions.clone(),
             dns: self.dns_status(&core),
+            uncounted: core.maps.uncounted()?,
         })
     }
 }

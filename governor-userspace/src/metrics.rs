@@ -296,6 +296,15 @@ pub fn render(s: &Status) -> Result<String, String> {
             endpoint_spend.with_label_values(&[a.name.as_str(), e.endpoint.as_str(), cur]).inc_by(units(e.spend_pico));
         }
     }
+    let uncounted = counter(
+        &r,
+        "governor_uncounted_total",
+        "What the kernel could count in no (agent, endpoint) pair because a map was full: verdicts, bytes, packets.",
+        &["what"],
+    )?;
+    uncounted.with_label_values(&["verdicts"]).inc_by(s.uncounted.verdicts);
+    uncounted.with_label_values(&["bytes"]).inc_by(s.uncounted.bytes);
+    uncounted.with_label_values(&["packets"]).inc_by(s.uncounted.packets);
     let dns_queries = counter(
         &r,
         "governor_dns_queries_total",

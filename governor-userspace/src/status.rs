@@ -39,6 +39,20 @@ pub struct Status {
     /// Suspensions since the daemon started, by owner.
     pub suspensions: BTreeMap<String, u64>,
     pub dns: DnsStatus,
+    /// What the kernel counted in no (agent, endpoint) pair because its maps were full; 0
+    /// unless a map's bound was reached.
+    #[serde(default)]
+    pub uncounted: Uncounted,
+}
+
+/// Counts that have no (agent, endpoint) to go to, so they are not lost without a word.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Uncounted {
+    /// connect/sendmsg/bind verdicts (allowed, denied, would_deny) with no room in CONN_STATS.
+    pub verdicts: u64,
+    /// Bytes and packets of pairs given no traffic slot (all 65,536 were taken).
+    pub bytes: u64,
+    pub packets: u64,
 }
 
 /// The DNS proxy and the addresses it admitted.

@@ -146,3 +146,42 @@ fn a_full_allowlist_fails_closed_dns_servfails_and_a_reload_is_refused() {
     assert!(out.status.success(), "{out:?}");
     assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.2.1")]).ok());
 }
+
+/// Counts the kernel has no room for are counted as such, never dropped without a word: with
+/// CONN_STATS full, a new (agent, endpoint)'s verdicts show in status and metrics as uncounted.
+#[test]
+fn verdicts_a_full_map_cannot_hold_are_counted_as_uncounted() {
+    if !privileged("verdicts_a_full_map_cannot_hold_are_counted_as_uncounted") {
+        return;
+    }
+    use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+    use governor_common::{ConnCounters, StatsKey};
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    let data = MapData::from_pin(root.pin_dir().join("maps").join(governor_common::maps::CONN_STATS)).unwrap();
+    let mut stats: PerCpuHashMap<MapData, StatsKey, ConnCounters> =
+        PerCpuHashMap::try_from(Map::PerCpuHashMap(data)).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let zero = || PerCpuValues::try_from(vec![ConnCounters::default(); cpus]).unwrap();
+    let mut junk = Vec::new();
+    for i in 1u32.. {
+        let key = StatsKey { agent_id: 0x0bad_0000 | (i >> 16), endpoint_id: i };
+        if stats.insert(key, zero(), 0).is_err() {
+            break;
+        }
+        junk.push(key);
+    }
+    assert!(junk.len() >= 60_000, "the map holds 65,536 keys: {}", junk.len());
+    // a1 has never been refused: its (a1, unlisted) key does not exist, and there is no room.
+    for _ in 0..3 {
+        assert!(workload(Some(&root.path.join("a1")), &["connect", &sink.addr("127.0.0.1")]).eperm());
+    }
+    let s = daemon.status();
+    for key in &junk {
+        let _ = stats.remove(key);
+    }
+    assert_eq!(s["uncounted"]["verdicts"], 3, "{}", s["uncounted"]);
+    assert!(daemon.metrics().contains("governor_uncounted_total{what=\"verdicts\"} 3"));
+    assert!(daemon.status_table().contains("uncounted (the kernel's maps were full): 3 verdicts"));
+}

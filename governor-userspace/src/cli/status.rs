@@ -91,6 +91,14 @@ pub fn table(s: &Status) -> String {
         s.notifications.failed,
         s.notifications.pending
     );
+    let u = &s.uncounted;
+    if u.verdicts + u.bytes + u.packets > 0 {
+        let _ = writeln!(
+            out,
+            "uncounted (the kernel's maps were full): {} verdicts, {} bytes in {} packets; see `governor status --json` .uncounted",
+            u.verdicts, u.bytes, u.packets
+        );
+    }
     let d = &s.dns;
     let count = |result: &str| d.queries.values().filter_map(|r| r.get(result)).sum::<u64>();
     let _ = writeln!(

@@ -66,6 +66,7 @@ pub struct KernelMaps {
     control: Array<MapData, Control>,
     spend: Array<MapData, Spend>,
     events_lost: PerCpuArray<MapData, u64>,
+    counts_lost: PerCpuArray<MapData, u64>,
     host_egress: PerCpuHashMap<MapData, u64, HostEgress>,
     resolvers: HashMap<MapData, [u8; 16], Resolver>,
     resolver_slots: Array<MapData, ResolverSlot>,
@@ -111,6 +112,7 @@ impl KernelMaps {
             control: take(ebpf, names::CONTROL)?,
             spend: take(ebpf, names::SPEND)?,
             events_lost: take(ebpf, names::EVENTS_LOST)?,
+            counts_lost: take(ebpf, names::COUNTS_LOST)?,
             host_egress: take(ebpf, names::HOST_EGRESS)?,
             resolvers: take(ebpf, names::RESOLVERS)?,
             resolver_slots: take(ebpf, names::RESOLVER_SLOTS)?,
@@ -492,6 +494,16 @@ impl KernelMaps {
     pub fn events_lost(&self) -> Result<u64, KernelError> {
         let per_cpu = self.events_lost.get(&0, 0).map_err(map_err(names::EVENTS_LOST, "read"))?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// What the kernel could not count by (agent, endpoint): verdicts `CONN_STATS` had no room
+    /// for, and the bytes and packets of pairs given no `TRAFFIC` slot (all in slot 0).
+    pub fn uncounted(&self) -> Result<crate::status::Uncounted, KernelError> {
+        let verdicts = self.counts_lost.get(&0, 0).map_err(map_err(names::COUNTS_LOST, "read"))?.iter().sum();
+        let slot0 = self.traffic.get(&TRAFFIC_UNCOUNTED, 0).map_err(map_err(names::TRAFFIC, "read"))?;
+        let (bytes, packets) =
+            slot0.iter().fold((0, 0), |(b, p), v| (b + v.tx_bytes + v.rx_bytes, p + v.tx_packets + v.rx_packets));
+        Ok(crate::status::Uncounted { verdicts, bytes, packets })
     }
 }
 
