@@ -59,13 +59,21 @@ fn main() -> std::process::ExitCode {
         Command::Audit(governor::cli::AuditCommand::Verify { file, socket }) => {
             current_thread().and_then(|rt| rt.block_on(governor::cli::audit_verify(file, &socket)))
         }
-        Command::Check { config, live, format, output } => {
-            match governor::cli::check(&config, live, format, output.as_deref()) {
-                Ok(true) => Ok(()),
-                Ok(false) => return std::process::ExitCode::FAILURE,
-                Err(e) => Err(e),
+        Command::Check { config, live, format, output, sign, verify, key } => match (verify, config) {
+            (Some(report), config) => {
+                governor::cli::check_verify(&report, key.as_deref().expect("clap requires --key"), config.as_deref())
             }
-        }
+            (None, Some(config)) => {
+                match governor::cli::check(&config, live, format, output.as_deref(), sign.as_deref()) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => return std::process::ExitCode::FAILURE,
+                    Err(e) => Err(e),
+                }
+            }
+            (None, None) => {
+                Err(anyhow::anyhow!("governor check needs --config FILE (or --verify REPORT --key PUBKEY)"))
+            }
+        },
         Command::Detach { config, dry_run } => governor::cli::detach(config.as_deref(), dry_run),
         Command::Reload { socket } => current_thread().and_then(|rt| rt.block_on(governor::cli::reload(&socket))),
         Command::Top { count, socket } => {

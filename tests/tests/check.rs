@@ -174,3 +174,88 @@ fn assert_probe_left_nothing() {
         assert!(left.is_empty(), "the probe left {left:?} in {}", dir.display());
     }
 }
+
+/// The readiness report as a signed artifact: signed with an OpenSSH ed25519 key, verified by
+/// `governor check --verify` and by `ssh-keygen -Y verify`; a changed report, another key, or a
+/// configuration that changed since are refused, each with what failed.
+#[test]
+fn a_signed_report_verifies_and_a_changed_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keygen = |name: &str, pass: &str| {
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", pass, "-C", "operator@example", "-f"])
+            .arg(d.join(name))
+            .output()
+            .expect("ssh-keygen (cargo xtask test installs openssh-client)");
+        assert!(out.status.success(), "{out:?}");
+    };
+    keygen("key", "");
+    keygen("other", "");
+    keygen("locked", "a passphrase");
+    let config = d.join("governor.toml");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/governor.toml"), &config).unwrap();
+    let report = d.join("report.md");
+    let governor = |args: &[&str]| Command::new(governor_bin()).args(args).current_dir(d).output().unwrap();
+    let out = governor(&[
+        "check",
+        "--config",
+        "governor.toml",
+        "--format",
+        "markdown",
+        "--output",
+        "report.md",
+        "--sign",
+        "key",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(d.join("report.md.sig").exists());
+
+    let verify = |key: &str, config: Option<&str>| {
+        let mut args = vec!["check", "--verify", "report.md", "--key", key];
+        if let Some(c) = config {
+            args.extend(["--config", c]);
+        }
+        governor(&args)
+    };
+    let out = verify("key.pub", Some("governor.toml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("signature good, by SHA256:")
+            && stdout.contains("as in the signed report"),
+        "{out:?}"
+    );
+
+    // The same signature, checked by OpenSSH's own tool.
+    let public = std::fs::read_to_string(d.join("key.pub")).unwrap();
+    std::fs::write(d.join("allowed_signers"), format!("operator@example {public}")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ssh-keygen -Y verify -f allowed_signers -I operator@example -n governor-readiness -s report.md.sig < report.md")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Another key did not sign it.
+    let out = verify("other.pub", None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not verify"), "{out:?}");
+    // The configuration changed since.
+    let text = std::fs::read_to_string(&config).unwrap().replace("limit = \"25.00\"", "limit = \"2500.00\"");
+    assert_ne!(text, std::fs::read_to_string(&config).unwrap(), "the example's budget line moved");
+    std::fs::write(d.join("changed.toml"), text).unwrap();
+    let out = verify("key.pub", Some("changed.toml"));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("configuration changed"), "{out:?}");
+    // The report changed after signing.
+    let tampered = std::fs::read_to_string(&report).unwrap().replacen("FAIL", "PASS", 1);
+    std::fs::write(&report, tampered).unwrap();
+    let out = verify("key.pub", None);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("changed after it was signed"),
+        "{out:?}"
+    );
+    // A passphrase-protected key is pointed at ssh-keygen, which can ask for it.
+    let out = governor(&["check", "--config", "governor.toml", "--output", "r2.txt", "--sign", "locked"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ssh-keygen -Y sign -n governor-readiness"), "{out:?}");
+}

@@ -61,7 +61,7 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 /// Programs the kernel tests drive, and the Debian packages that bring them: curl and Python's
 /// urllib as real clients, ip for the test namespaces, promtool for the alert rules' tests,
 /// tmux to read `governor top` as a person sees it, unshare for the README test's private
-/// mounts.
+/// mounts, ssh-keygen to make keys for and check the signed readiness report.
 const TEST_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("python3", "python3"),
@@ -69,6 +69,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("tmux", "tmux"),
     ("unshare", "util-linux"),
+    ("ssh-keygen", "openssh-client"),
 ];
 
 /// Installs the tests' tools that are missing (as root, with apt-get); without root, says which

@@ -1,12 +1,28 @@
 //! `governor check`: the readiness report for a configuration; exit 1 on any FAIL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
 
 use super::CheckFormat;
 use crate::{config::LoadedConfig, readiness::report};
 
-/// Returns whether the configuration is ready (no FAIL).
-pub fn run(config: &Path, live: bool, format: CheckFormat, output: Option<&Path>) -> anyhow::Result<bool> {
+/// The SSHSIG namespace of a readiness report's signature: a signature made for anything else
+/// (a git commit, a file) never verifies as one.
+pub const SIGNATURE_NAMESPACE: &str = "governor-readiness";
+
+/// Returns whether the configuration is ready (no FAIL). With `sign`, the report written to
+/// `output` is signed with that SSH private key into `<output>.sig`.
+pub fn run(
+    config: &Path,
+    live: bool,
+    format: CheckFormat,
+    output: Option<&Path>,
+    sign: Option<&Path>,
+) -> anyhow::Result<bool> {
+    if sign.is_some() && output.is_none() {
+        anyhow::bail!("--sign signs the report file: give it one with --output FILE");
+    }
     let loaded = LoadedConfig::from_file(config)?;
     loaded.compile()?;
     let r = report::build_with(&loaded, live);
@@ -30,5 +46,110 @@ pub fn run(config: &Path, live: bool, format: CheckFormat, output: Option<&Path>
         }
         None => print!("{text}"),
     }
+    if let (Some(key), Some(path)) = (sign, output) {
+        let sig = sign_report(path, key)?;
+        eprintln!("governor check: signed; signature written to {}", sig.display());
+    }
     Ok(r.ready)
+}
+
+fn signature_path(report: &Path) -> PathBuf {
+    let mut p = report.as_os_str().to_owned();
+    p.push(".sig");
+    PathBuf::from(p)
+}
+
+/// Signs `report`'s bytes with the OpenSSH private key at `key`, as `ssh-keygen -Y sign -n
+/// governor-readiness` would, into `<report>.sig`.
+fn sign_report(report: &Path, key: &Path) -> anyhow::Result<PathBuf> {
+    let key = ssh_key::PrivateKey::read_openssh_file(key)
+        .with_context(|| format!("cannot read the OpenSSH private key {} (--sign)", key.display()))?;
+    if key.is_encrypted() {
+        anyhow::bail!(
+            "the key is protected by a passphrase, which governor does not ask for: sign the report with \
+             `ssh-keygen -Y sign -n {SIGNATURE_NAMESPACE} -f KEY REPORT` instead (governor check --verify accepts it)"
+        );
+    }
+    let message = std::fs::read(report).with_context(|| format!("cannot read {}", report.display()))?;
+    let signature = key
+        .sign(SIGNATURE_NAMESPACE, ssh_key::HashAlg::Sha512, &message)
+        .map_err(|e| anyhow::anyhow!("cannot sign with this key ({e}); use an ed25519 key"))?;
+    let pem =
+        signature.to_pem(ssh_key::LineEnding::LF).map_err(|e| anyhow::anyhow!("cannot encode the signature: {e}"))?;
+    let path = signature_path(report);
+    std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Checks a signed readiness report: its signature (`<report>.sig`) against the public key at
+/// `key`, and, with `config`, that the report was made for the configuration this host has now.
+/// Prints what it found; an error says which check failed.
+pub fn verify(report: &Path, key: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let public = ssh_key::PublicKey::read_openssh_file(key)
+        .with_context(|| format!("cannot read the OpenSSH public key {} (--key)", key.display()))?;
+    let message = std::fs::read(report).with_context(|| format!("cannot read the report {}", report.display()))?;
+    let sig_path = signature_path(report);
+    let pem = std::fs::read_to_string(&sig_path).with_context(|| {
+        format!("cannot read the signature {} (made by --sign or ssh-keygen -Y sign)", sig_path.display())
+    })?;
+    let signature = ssh_key::SshSig::from_pem(pem)
+        .map_err(|e| anyhow::anyhow!("{} is not an SSH signature: {e}", sig_path.display()))?;
+    public.verify(SIGNATURE_NAMESPACE, &message, &signature).map_err(|_| {
+        anyhow::anyhow!(
+            "the signature of {} does not verify with {}: the report changed after it was signed, or another key signed it",
+            report.display(),
+            key.display()
+        )
+    })?;
+    println!(
+        "{}: signature good, by {} ({})",
+        report.display(),
+        public.fingerprint(ssh_key::HashAlg::Sha256),
+        SIGNATURE_NAMESPACE
+    );
+    let text = String::from_utf8_lossy(&message);
+    let Some(signed) = config_sha256_in(&text) else {
+        anyhow::bail!("{} names no config sha256: it is not a governor readiness report", report.display());
+    };
+    match config {
+        Some(path) => {
+            let here = LoadedConfig::from_file(path)?.sha256();
+            if here != signed {
+                anyhow::bail!(
+                    "the report was made for config sha256 {signed}, and {} has sha256 {here} on this host: the \
+                     configuration changed since the report was signed; run governor check again",
+                    path.display()
+                );
+            }
+            println!("{}: sha256 {here}, as in the signed report", path.display());
+        }
+        None => println!("config sha256 in the report: {signed} (give --config to compare it with this host's)"),
+    }
+    Ok(())
+}
+
+/// The config's sha256 as any report format states it (text, Markdown, JSON).
+fn config_sha256_in(text: &str) -> Option<String> {
+    // After the word: a few separators (` `, `|`, `` ` ``, `"`, `:`), then 64 hex digits.
+    text.match_indices("sha256").find_map(|(i, word)| {
+        let rest = text[i + word.len()..].trim_start_matches([' ', '|', '`', '"', ':', '(']);
+        let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+        (hex.len() == 64).then_some(hex)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_config_sha256_is_found_in_every_report_format() {
+        let h = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        for text in [
+            format!("config x.toml (sha256 {h}), host h"),
+            format!("| config | `x` |\n| sha256 | `{h}` |"),
+            format!("{{\n  \"config_sha256\": \"{h}\",\n}}"),
+        ] {
+            assert_eq!(super::config_sha256_in(&text).as_deref(), Some(h), "{text}");
+        }
+        assert_eq!(super::config_sha256_in("sha256 abc"), None);
+    }
 }

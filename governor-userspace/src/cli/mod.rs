@@ -11,7 +11,7 @@ mod status;
 mod top;
 
 pub use audit::verify as audit_verify;
-pub use check::run as check;
+pub use check::{run as check, verify as check_verify};
 pub use control::{reload, run as control};
 pub use detach::run as detach;
 pub use events::run as events;
@@ -246,8 +246,8 @@ pub enum Command {
         after_help = "Examples:\n  governor check --config /etc/governor/governor.toml\n  governor check --config prod.toml --format markdown --output readiness.md"
     )]
     Check {
-        #[arg(long, short, value_name = "FILE")]
-        config: PathBuf,
+        #[arg(long, short, value_name = "FILE", required_unless_present = "verify")]
+        config: Option<PathBuf>,
         /// Also prove it on this host: ask the running daemon (through daemon.socket), read the
         /// programs in effect on every agent cgroup back from the kernel, and look for agent
         /// processes holding dangerous capabilities; then start a private daemon with a probe
@@ -260,6 +260,18 @@ pub enum Command {
         /// Write the report here instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Sign the report (needs --output) with this OpenSSH ed25519 private key, into
+        /// FILE.sig: an SSH signature (namespace governor-readiness) that `governor check
+        /// --verify` and `ssh-keygen -Y verify` accept.
+        #[arg(long, value_name = "KEY", conflicts_with = "verify")]
+        sign: Option<PathBuf>,
+        /// Instead of checking, verify a signed report: REPORT.sig against --key, and, with
+        /// --config, that the report was made for the configuration this host has now.
+        #[arg(long, value_name = "REPORT", requires = "key")]
+        verify: Option<PathBuf>,
+        /// The signer's OpenSSH public key, for --verify.
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<PathBuf>,
     },
     /// Used by `check --live`'s probe: connect to ADDR over TCP; exit 0 connected, 2 refused
     /// with EPERM (governor's answer), 1 anything else.
