@@ -115,3 +115,35 @@ fn sigkill_under_load_loses_nothing_and_the_ceiling_still_holds() {
     assert_eq!(s["agents"][0]["state"], "suspended", "a suspension survives a reboot");
     assert!(workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]).eperm());
 }
+
+/// A restarted daemon never rewrites the adopted SPEND entries its predecessor's programs are
+/// using: a saved total above the kernel's (state from elsewhere) once made it reseed the slot,
+/// which also reset the rate limiter, so a restart refilled the agent's burst.
+#[test]
+fn a_restart_does_not_rewrite_what_running_programs_count() {
+    if !privileged("a_restart_does_not_rewrite_what_running_programs_count") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let sink = Server::start(Serve::Sink);
+    let body = format!(
+        "[[endpoint]]\nname = \"api\"\naddresses = [\"127.0.0.1\"]\nports = [{}]\nprice = {{ connection = \"0.001\" }}\n\
+         [[agent]]\nname = \"a1\"\nendpoints = [\"api\"]\nlimits = {{ connections_per_minute = 1, burst = 1 }}\n",
+        sink.port
+    );
+    let mut daemon = Daemon::start(&root, &body);
+    let agent = root.path.join("a1");
+    let connect = || workload(Some(&agent), &["connect", &sink.addr("127.0.0.1")]);
+    assert!(connect().ok());
+    assert!(connect().eperm(), "the burst of one is spent");
+    let kernel = spent(&daemon.status());
+    daemon.kill();
+    // The saved state claims more spend than the kernel holds.
+    let state = daemon.dir().path().join("state").join("state.json");
+    let mut saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    saved["budgets"]["a1"]["spent"] = (kernel + 5 * PICO).into();
+    std::fs::write(&state, saved.to_string()).unwrap();
+    let daemon = Daemon::start_in(daemon.dir(), &root, &body);
+    assert!(connect().eperm(), "the restart refilled the rate limiter's burst");
+    assert_eq!(spent(&daemon.status()), kernel, "the kernel's spend stands; refused connects cost nothing");
+}

@@ -243,10 +243,24 @@ impl Books {
         let kernel = maps.spend(slot)?;
         let mut connections = kernel.connections;
         let (spent, ledger) = match saved {
+            // Adopted maps are the truth, and their programs may be running: SPEND is never
+            // rewritten under them (a rewrite loses concurrent adds and resets the rate
+            // limiter). A saved total above the kernel's means the maps were made anew by
+            // someone else; the kernel's stands, and the gap is logged.
+            Some(s) if s.slot == slot && adopted => {
+                if s.spent > kernel.spent {
+                    tracing::warn!(
+                        owner,
+                        saved = s.spent,
+                        kernel = kernel.spent,
+                        "the saved spend is above the adopted kernel's; the kernel's counts stand"
+                    );
+                }
+                (kernel.spent, s.ledger)
+            }
             Some(s) if s.slot == slot => {
-                let spent = if adopted { kernel.spent.max(s.spent) } else { s.spent };
-                connections = if adopted { kernel.connections.max(s.connections) } else { s.connections };
-                (spent, s.ledger)
+                connections = s.connections;
+                (s.spent, s.ledger)
             }
             _ if adopted => {
                 let c = maps.control(slot)?;
@@ -256,8 +270,9 @@ impl Books {
             }
             _ => (0, Ledger::new(now, 0)),
         };
-        if !adopted || kernel.spent != spent || kernel.connections != connections {
-            // Fresh maps (a reboot): put the saved totals back, and a saved suspension with them.
+        if !adopted {
+            // Fresh maps (a reboot), before any program is attached to them: put the saved totals
+            // back, and a saved suspension with them.
             let exhausted = if ledger.suspended { ledger.generation } else { 0 };
             maps.seed_spend(slot, spent, exhausted, connections)?;
         }
