@@ -128,8 +128,11 @@ pub const REASON_SOCKET_OPTION: u8 = 9;
 /// A bind to a port, or a packet of a socket nothing admitted (an accepted connection, a listener,
 /// a datagram received before any was sent), that `[[agent]] inbound` does not name.
 pub const REASON_INBOUND: u8 = 10;
+/// The socket's tag (socket-local storage) could not be created: without it the socket could
+/// neither be charged nor give a concurrent place back, so it is refused (fail closed).
+pub const REASON_SOCKET_STORAGE: u8 = 11;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
-pub const REASONS: usize = 11;
+pub const REASONS: usize = 12;
 
 /// Slots of the `CONTROL` and `SPEND` arrays: 0 is the host-wide budget, agents use 1..=MAX_AGENTS.
 pub const HOST_SLOT: u32 = 0;
@@ -398,7 +401,7 @@ pub struct ConnCounters {
     /// Refusals by reason code (index 0 unused).
     pub denied: [u64; REASONS],
 }
-const _: () = assert!(size_of::<ConnCounters>() == 112);
+const _: () = assert!(size_of::<ConnCounters>() == 120);
 
 /// Value of `TRAFFIC` (each CPU's copy): bytes (L3 length as the cgroup_skb hook sees it) and
 /// packets per direction, and the pair they belong to. The daemon writes `key` into every

@@ -18,8 +18,9 @@ use aya_ebpf::{
 use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
     ENDPOINT_UNLISTED, HOOK_BIND, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT,
-    REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT, Rule, SockTag,
-    StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT,
+    REASON_SOCKET_STORAGE, Rule, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED,
+    VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -79,6 +80,10 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         return deny(blocked);
     }
     let tag = socket_tag(ctx);
+    // Without a tag the socket could be neither charged nor give a concurrent place back.
+    if tag.is_null() {
+        return deny(REASON_SOCKET_STORAGE);
+    }
     // A UDP socket pays the connection price, takes a token and a concurrent place once per
     // endpoint it sends to (a "flow"); a connect always does.
     // SAFETY: `tag` is null or a storage slot of the right type.
@@ -194,6 +199,9 @@ fn dns_verdict(
         return deny(blocked);
     }
     let tag = socket_tag(ctx);
+    if tag.is_null() {
+        return deny(REASON_SOCKET_STORAGE);
+    }
     // SAFETY: `tag` is null or a storage slot of the right type.
     let (counted, old_flags, old_endpoint) = if tag.is_null() {
         (false, 0, ENDPOINT_UNLISTED)
