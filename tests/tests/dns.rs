@@ -260,3 +260,47 @@ fn dns_is_no_channel_out() {
     assert_eq!(dns.queries(), asked + 1, "observe mode relays");
     assert_eq!(daemon.agent("watch")["totals"]["would_deny"].as_u64(), Some(1));
 }
+
+/// One agent cannot deny DNS to another: each has its own share of the proxy. A hog with 400
+/// queries hanging upstream fills its own share (the rest are dropped and counted under it), and
+/// another agent's lookup is answered at once.
+#[test]
+fn one_agent_cannot_deny_dns_to_another() {
+    if !privileged("one_agent_cannot_deny_dns_to_another") {
+        return;
+    }
+    const FLOOD: &str = r#"
+import socket, struct, sys
+resolver, n = sys.argv[1], int(sys.argv[2])
+qname = b"".join(bytes([len(l)]) + l.encode() for l in "silent.allowed.test".split(".")) + b"\0"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((resolver, 53))
+for i in range(n):
+    s.send(struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", 1, 1))
+print("sent", n)
+"#;
+    let root = AgentsRoot::new();
+    let resolver = Ipv4Addr::new(127, 53, 0, 5);
+    let _dns = DnsServer::start(
+        resolver,
+        &[("silent.allowed.test", Rr::Silent), ("api.allowed.test", Rr::A(Ipv4Addr::new(127, 0, 0, 1), 60))],
+    );
+    let body = format!(
+        "[[endpoint]]\nname = \"api\"\nhosts = [\"*.allowed.test\"]\nports = [443]\nprotocol = \"tcp\"\n\
+         [[agent]]\nname = \"hog\"\nendpoints = [\"api\"]\n[[agent]]\nname = \"victim\"\nendpoints = [\"api\"]\n\
+         [dns]\nresolvers = [\"{resolver}\"]\nupstream_timeout = \"4s\"\n"
+    );
+    let daemon = Daemon::start(&root, &body);
+    let mut flood = std::process::Command::new("python3");
+    flood.args(["-c", FLOOD, &resolver.to_string(), "400"]);
+    let out = governor_tests::run_in(&root.path.join("hog"), flood);
+    assert!(out.status.success(), "{out:?}");
+    // The hog's queries hang upstream for 4 s; the victim asks now.
+    let started = std::time::Instant::now();
+    assert_eq!(raw_query(&root.path.join("victim"), resolver, "api.allowed.test", 1, 0), "0");
+    assert!(started.elapsed() < Duration::from_secs(2), "the victim waited {:?}", started.elapsed());
+    let q = &daemon.status()["dns"]["queries"];
+    // Some of the flood never reaches the proxy (its receive buffer); what does is dropped past 32.
+    assert!(q["hog"]["dropped"].as_u64().unwrap_or(0) >= 200, "{q}");
+    assert_eq!(q["victim"]["dropped"].as_u64(), None, "{q}");
+}

@@ -29,6 +29,54 @@ const IN_FLIGHT: usize = 256;
 const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 /// TCP clients at once.
 const TCP_CLIENTS: usize = 128;
+/// One agent's share of those: a hog fills its own share, not everyone's.
+const AGENT_IN_FLIGHT: usize = 32;
+const AGENT_TCP_CLIENTS: usize = 16;
+/// The share of whatever sends to the proxy without an agent's proxy address (a local process).
+const OTHER_IN_FLIGHT: usize = 8;
+const OTHER_TCP_CLIENTS: usize = 4;
+/// The key of that share.
+const NOT_AN_AGENT: u32 = u32::MAX;
+
+/// Each agent's share of the proxy, by the slot its proxy address names, made on first use.
+#[derive(Default)]
+struct Shares {
+    in_flight: Mutex<std::collections::HashMap<u32, Arc<Semaphore>>>,
+    tcp: Mutex<std::collections::HashMap<u32, Arc<Semaphore>>>,
+}
+
+impl Shares {
+    fn of(
+        map: &Mutex<std::collections::HashMap<u32, Arc<Semaphore>>>,
+        slot: u32,
+        agent: usize,
+        other: usize,
+    ) -> Arc<Semaphore> {
+        let mut m = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(slot)
+            .or_insert_with(|| Arc::new(Semaphore::new(if slot == NOT_AN_AGENT { other } else { agent })))
+            .clone()
+    }
+
+    fn in_flight(&self, slot: u32) -> Arc<Semaphore> {
+        Self::of(&self.in_flight, slot, AGENT_IN_FLIGHT, OTHER_IN_FLIGHT)
+    }
+
+    fn tcp(&self, slot: u32) -> Arc<Semaphore> {
+        Self::of(&self.tcp, slot, AGENT_TCP_CLIENTS, OTHER_TCP_CLIENTS)
+    }
+}
+
+/// The slot a proxy address names, or `NOT_AN_AGENT`.
+fn slot_of(local: Ipv4Addr) -> u32 {
+    decode_proxy_addr(local).map_or(NOT_AN_AGENT, |(_, slot)| slot)
+}
+
+/// Counts a dropped query under the agent that sent it.
+fn count_drop(g: &Governor, slot: u32) {
+    let name = (slot != NOT_AN_AGENT).then(|| g.core().agents.by_slot(slot).map(|a| a.name.clone())).flatten();
+    g.dns.count(name.as_deref().unwrap_or("(not an agent)"), "dropped");
+}
 
 /// What the proxy did, by agent and result, for metrics and status.
 #[derive(Debug, Default)]
@@ -101,9 +149,10 @@ pub async fn serve(governor: Arc<Governor>, listeners: Listeners) -> anyhow::Res
     let udp = unsafe { AsyncFd::register(listeners.udp) }
         .map_err(|e| anyhow::anyhow!("cannot poll the DNS proxy socket: {e}"))?;
     let udp = Arc::new(udp);
+    let shares = Arc::new(Shares::default());
     tokio::select! {
-        r = serve_udp(governor.clone(), udp, in_flight.clone()) => r,
-        r = serve_tcp(governor, tcp, in_flight) => r,
+        r = serve_udp(governor.clone(), udp, in_flight.clone(), shares.clone()) => r,
+        r = serve_tcp(governor, tcp, in_flight, shares) => r,
     }
 }
 
@@ -111,6 +160,7 @@ async fn serve_udp(
     governor: Arc<Governor>,
     sock: Arc<AsyncFd<OwnedFd>>,
     in_flight: Arc<Semaphore>,
+    shares: Arc<Shares>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; upstream::MAX_MESSAGE];
     loop {
@@ -135,14 +185,20 @@ async fn serve_udp(
             Ok(Ok(r)) => r,
         };
         let (Some(peer), Some(local)) = (peer, local) else { continue };
+        // The agent's own share first, then the proxy's: a hog is dropped at its share.
+        let slot = slot_of(local);
+        let Ok(share) = shares.in_flight(slot).try_acquire_owned() else {
+            count_drop(&governor, slot);
+            continue;
+        };
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            governor.dns.count("(any)", "dropped");
+            count_drop(&governor, slot);
             continue;
         };
         let query = buf[..n].to_vec();
         let (g, sock) = (governor.clone(), sock.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (share, permit);
             if let Some(reply) = answer(&g, local, &query, false).await {
                 let pi = libc::in_pktinfo {
                     ipi_ifindex: 0,
@@ -164,6 +220,7 @@ async fn serve_tcp(
     governor: Arc<Governor>,
     listener: tokio::net::TcpListener,
     in_flight: Arc<Semaphore>,
+    shares: Arc<Shares>,
 ) -> anyhow::Result<()> {
     let clients = Arc::new(Semaphore::new(TCP_CLIENTS));
     loop {
@@ -174,19 +231,25 @@ async fn serve_tcp(
                 continue;
             }
         };
-        let Ok(client) = clients.clone().try_acquire_owned() else {
-            governor.dns.count("(any)", "dropped");
+        let Ok(SocketAddr::V4(local)) = stream.local_addr() else { continue };
+        let slot = slot_of(*local.ip());
+        let Ok(share) = shares.tcp(slot).try_acquire_owned() else {
+            count_drop(&governor, slot);
             continue;
         };
-        let Ok(SocketAddr::V4(local)) = stream.local_addr() else { continue };
-        let (g, in_flight) = (governor.clone(), in_flight.clone());
+        let Ok(client) = clients.clone().try_acquire_owned() else {
+            count_drop(&governor, slot);
+            continue;
+        };
+        let (g, in_flight, agent_in_flight) = (governor.clone(), in_flight.clone(), shares.in_flight(slot));
         tokio::spawn(async move {
-            let _client = client;
+            let _clients = (share, client);
             loop {
                 let query = match tokio::time::timeout(TCP_IDLE, upstream::read_framed(&mut stream)).await {
                     Ok(Ok(Some(q))) => q,
                     _ => return,
                 };
+                let Ok(_share) = agent_in_flight.acquire().await else { return };
                 let Ok(_permit) = in_flight.acquire().await else { return };
                 let Some(reply) = answer(&g, *local.ip(), &query, true).await else { return };
                 if upstream::write_framed(&mut stream, &reply).await.is_err() {
