@@ -120,7 +120,18 @@ pub struct Tally {
     /// Audit records and state saves that could not be written (a full or failing disk).
     pub audit_errors: u64,
     pub state_errors: u64,
+    /// Refused control requests since the last flush, by (uid, action, agent, why): a count and
+    /// the callers' pids. Written as aggregated records like denials, so a caller looping refused
+    /// requests writes a few records a second, not one fsync'd record each.
+    pub refused: BTreeMap<RefusalKey, Refusals>,
 }
+
+/// What refused control requests are aggregated by: the caller's uid, the action, the agent
+/// named, and why they were refused.
+pub type RefusalKey = (Option<u32>, String, Option<String>, String);
+
+/// Refused requests of one key since the last flush: how many, the first caller, their pids.
+pub type Refusals = (u64, serde_json::Value, Vec<i32>);
 
 pub struct Governor {
     /// Swapped whole by a reload; readers take a snapshot with `config()` / `policy()`.
@@ -224,6 +235,7 @@ impl Governor {
     pub fn tick(&self, now: i64, force_save: bool) -> Result<(), KernelError> {
         self.notice_clock_jump(now);
         self.flush_denials();
+        self.flush_refusals();
         self.record_event_gap(now)?;
         let (notices, checkpoints, saved) = {
             let mut core = self.core();
@@ -400,6 +412,19 @@ impl Governor {
                 live_connections: None,
                 counters: add,
             }),
+        }
+    }
+
+    /// Writes the refused control requests gathered since the last flush, one record per
+    /// (caller, action, agent, reason) with how many there were.
+    pub fn flush_refusals(&self) {
+        let refused = std::mem::take(&mut self.tally().refused);
+        for ((_, action, agent, why), (count, by, pids)) in refused {
+            let _ = self.audit(
+                "control_refused",
+                agent.as_deref(),
+                json!({ "action": action, "by": by, "why": why, "count": count, "pids": pids }),
+            );
         }
     }
 

@@ -54,6 +54,10 @@ pub struct AuditLog {
     live: tokio::sync::broadcast::Sender<String>,
 }
 
+/// How long a rotated file is kept whatever `audit_keep` says: ship the log (or let logrotate
+/// take it) within this time if the disk cannot hold it.
+pub const KEEP_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The files of a rotated log, oldest first: `path.N`, ..., `path.1`, `path`.
 pub fn files(path: &Path) -> Vec<PathBuf> {
     let mut rotated: Vec<(u32, PathBuf)> = Vec::new();
@@ -126,13 +130,27 @@ impl AuditLog {
             move |source| AuditError::Io { path, op, source }
         };
         let name = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
-        let _ = std::fs::remove_file(name(self.keep));
-        for n in (1..self.keep).rev() {
-            if name(n).exists() {
-                std::fs::rename(name(n), name(n + 1)).map_err(io("rotate"))?;
-            }
+        // Every rotated file moves up by one (.n -> .n+1), the oldest first.
+        let mut highest = 0;
+        while name(highest + 1).exists() {
+            highest += 1;
+        }
+        for n in (1..=highest).rev() {
+            std::fs::rename(name(n), name(n + 1)).map_err(io("rotate"))?;
         }
         std::fs::rename(&self.path, name(1)).map_err(io("rotate"))?;
+        // Past `keep`, a file goes only once it is older than KEEP_AT_LEAST: a burst of records
+        // (anyone who can make the daemon write) cannot push recent history out of the log.
+        // Older files go from the oldest, so the numbering stays without gaps.
+        for n in (self.keep + 1..=highest + 1).rev() {
+            let old = std::fs::metadata(name(n))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= KEEP_AT_LEAST));
+            if !old {
+                break;
+            }
+            std::fs::remove_file(name(n)).map_err(io("remove the oldest rotated file"))?;
+        }
         self.file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -242,15 +260,29 @@ mod tests {
             log.append("tick", Some("a"), serde_json::json!({ "i": i, "pad": "x".repeat(100) })).unwrap();
         }
         drop(log);
+        // A burst of records does not push history out: files past `keep` stay while young.
         let set = files(&path);
-        assert!(set.len() >= 3, "{set:?}");
-        assert!(!dir.path().join("audit.jsonl.4").exists(), "keeps at most 3 rotated files");
-        // The chain verifies across the kept files; the first kept file starts mid-chain.
+        assert!(set.len() > 4, "{set:?}");
         let report = verify::verify_files(&set).unwrap();
+        assert_eq!((report.first_seq, report.records), (0, 200), "every record kept");
+        // Once they are older than KEEP_AT_LEAST, the next rotation takes them, oldest first,
+        // down to `keep` rotated files.
+        let old = std::time::SystemTime::now() - KEEP_AT_LEAST - std::time::Duration::from_secs(60);
+        for f in &set[..set.len() - 1] {
+            std::fs::File::options().write(true).open(f).unwrap().set_modified(old).unwrap();
+        }
+        let mut log = AuditLog::open(&path, 4096, 3).unwrap();
+        for i in 200..240 {
+            log.append("tick", Some("a"), serde_json::json!({ "i": i, "pad": "x".repeat(100) })).unwrap();
+        }
+        drop(log);
+        assert!(!dir.path().join("audit.jsonl.4").exists(), "keeps 3 rotated files once they are old");
+        // The chain verifies across the kept files; the first kept file starts mid-chain.
+        let report = verify::verify_files(&files(&path)).unwrap();
         assert!(report.records > 0 && report.first_seq > 0);
         // And a reopened log continues it.
         let mut log = AuditLog::open(&path, 4096, 3).unwrap();
-        assert_eq!(log.append("tick", None, serde_json::json!({})).unwrap(), 200);
+        assert_eq!(log.append("tick", None, serde_json::json!({})).unwrap(), 240);
     }
 
     #[test]

@@ -231,8 +231,22 @@ fn authorize(
         return Ok(caller);
     }
     let why = g.groups.refusal(needed);
-    tracing::warn!(action, caller = %caller.describe(), "control request refused");
-    let _ = g.audit("control_refused", agent, json!({ "action": action, "by": caller, "needed": needed, "why": why }));
+    tracing::debug!(action, caller = %caller.describe(), "control request refused");
+    // Aggregated into the audit log at the next tick (every 200 ms), like denials: a refused
+    // request changes nothing, and one record per request would let a reader fill the log.
+    {
+        let mut tally = g.tally();
+        let key = (caller.uid, action.to_owned(), agent.map(str::to_owned), why.clone());
+        let by = serde_json::to_value(&caller).unwrap_or_default();
+        let entry = tally.refused.entry(key).or_insert_with(|| (0, by, Vec::new()));
+        entry.0 += 1;
+        if let Some(pid) = caller.pid
+            && entry.2.len() < 8
+            && !entry.2.contains(&pid)
+        {
+            entry.2.push(pid);
+        }
+    }
     Err(Box::new(error(StatusCode::FORBIDDEN, &why)))
 }
 
