@@ -89,6 +89,16 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // Before anything else is made: a second daemon on this state stops here.
     let mut instance = crate::instance::InstanceLock::state(&state_dir)?;
     let saved = state::load(&state_dir)?;
+    if let Some(other) = saved.as_ref().and_then(|s| s.agents_root.as_deref())
+        && other != root.path.display().to_string()
+    {
+        anyhow::bail!(
+            "state_dir {} holds the state of the governor for agents root {other}, not {}: its agents' spend and \
+             pauses are not this root's. Give this daemon its own daemon.state_dir",
+            state_dir.display(),
+            root.path.display()
+        );
+    }
     let mut audit =
         AuditLog::open(d.audit_log.get_ref(), *d.audit_max_bytes.get_ref() as u64, *d.audit_keep.get_ref() as u32)?;
 

@@ -466,6 +466,7 @@ impl Governor {
     /// Saves the books and the outbox; a failure is logged and enforcement goes on.
     pub fn save_state(&self, mut saved: state::SavedState) {
         saved.outbox = self.tally().outbox.clone();
+        saved.agents_root = Some(self.root.path.display().to_string());
         if let Err(e) = state::save(&self.state_dir, &saved) {
             self.tally().state_errors += 1;
             tracing::error!(error = %e, "state not saved; spend is still enforced from the kernel maps");

@@ -374,3 +374,31 @@ fn pin_directories_another_user_made_are_refused() {
     assert!(!stdout.contains("sys_fs_cgroup"), "nothing pinned under the user's directory: {stdout}");
     assert!(!dir.path().join("governor.sock").exists());
 }
+
+/// Saved state belongs to one agents root: a daemon for another root given the same state
+/// directory refuses to start rather than take up its agents' spend and pauses by name.
+#[test]
+fn state_of_another_agents_root_is_not_taken_up() {
+    if !privileged("state_of_another_agents_root_is_not_taken_up") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let mut daemon = Daemon::start(&root, "[[agent]]\nname = \"a1\"\n");
+    daemon.cli(&["pause", "a1"]);
+    assert!(daemon.stop().success());
+    let other = AgentsRoot::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &other, "[[agent]]\nname = \"a1\"\n");
+    let state = daemon.dir().path().join("state").display().to_string();
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace(&dir.path().join("state").display().to_string(), &state);
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(governor_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds the state of the governor for agents root")
+            && stderr.contains("its own daemon.state_dir"),
+        "{stderr}"
+    );
+}

@@ -485,7 +485,7 @@ impl Books {
                 },
             );
         }
-        SavedState { version: 1, currency: self.currency.clone(), saved_at: now, budgets, outbox }
+        SavedState { version: 1, currency: self.currency.clone(), saved_at: now, budgets, outbox, agents_root: None }
     }
 
     pub fn status(&self, owner: &str, now: i64) -> Option<BudgetStatus> {

@@ -26,6 +26,10 @@ pub struct SavedState {
     pub budgets: BTreeMap<String, SavedBudget>,
     /// Notices recorded but not yet delivered to the hooks (delivered at least once).
     pub outbox: Vec<serde_json::Value>,
+    /// The agents root whose agents these budgets are (absent in files from before 0.1): a
+    /// daemon for another root must not take up its agents' spend and pauses by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents_root: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
