@@ -131,8 +131,11 @@ pub const REASON_INBOUND: u8 = 10;
 /// The socket's tag (socket-local storage) could not be created: without it the socket could
 /// neither be charged nor give a concurrent place back, so it is refused (fail closed).
 pub const REASON_SOCKET_STORAGE: u8 = 11;
+/// A sendmsg to another endpoint on a UDP socket that already sends to one: re-tagged, the
+/// socket's later send()s to its connected peer would pass no hook at the other's price.
+pub const REASON_SECOND_ENDPOINT: u8 = 12;
 /// Size of `ConnCounters::denied`: reason codes are 1..REASONS.
-pub const REASONS: usize = 12;
+pub const REASONS: usize = 13;
 
 /// Slots of the `CONTROL` and `SPEND` arrays: 0 is the host-wide budget, agents use 1..=MAX_AGENTS.
 pub const HOST_SLOT: u32 = 0;
@@ -401,7 +404,7 @@ pub struct ConnCounters {
     /// Refusals by reason code (index 0 unused).
     pub denied: [u64; REASONS],
 }
-const _: () = assert!(size_of::<ConnCounters>() == 120);
+const _: () = assert!(size_of::<ConnCounters>() == 128);
 
 /// Value of `TRAFFIC` (each CPU's copy): bytes (L3 length as the cgroup_skb hook sees it) and
 /// packets per direction, and the pair they belong to. The daemon writes `key` into every

@@ -19,8 +19,8 @@ use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
     ENDPOINT_UNLISTED, HOOK_BIND, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT,
     REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT,
-    REASON_SOCKET_STORAGE, Rule, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, TRAFFIC_UNCOUNTED,
-    VERDICT_DENIED, VERDICT_WOULD_DENY,
+    REASON_SECOND_ENDPOINT, REASON_SOCKET_STORAGE, Rule, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED,
+    TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -83,6 +83,12 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     // Without a tag the socket could be neither charged nor give a concurrent place back.
     if tag.is_null() {
         return deny(REASON_SOCKET_STORAGE);
+    }
+    // A UDP socket keeps the endpoint it sends to: a sendmsg elsewhere would re-tag it, and its
+    // later send()s to its connected peer would pass no hook, at the other endpoint's price and
+    // outside its concurrency place.
+    if hook == HOOK_SENDMSG && agent.mode == MODE_ENFORCE && second_endpoint(tag, agent.agent_id, rule.endpoint_id) {
+        return deny(REASON_SECOND_ENDPOINT);
     }
     // A UDP socket pays the connection price, takes a token and a concurrent place once per
     // endpoint it sends to (a "flow"); a connect always does.
@@ -202,6 +208,9 @@ fn dns_verdict(
     if tag.is_null() {
         return deny(REASON_SOCKET_STORAGE);
     }
+    if hook == HOOK_SENDMSG && agent.mode == MODE_ENFORCE && second_endpoint(tag, agent.agent_id, ENDPOINT_DNS) {
+        return deny(REASON_SECOND_ENDPOINT);
+    }
     // SAFETY: `tag` is null or a storage slot of the right type.
     let (counted, old_flags, old_endpoint) = if tag.is_null() {
         (false, 0, ENDPOINT_UNLISTED)
@@ -219,6 +228,15 @@ fn dns_verdict(
     set_tag(tag, agent, &DNS_RULE, if counted { TAG_COUNTED } else { 0 });
     dns::redirect(ctx, route, agent, v6);
     ALLOW
+}
+
+/// Whether the (non-null) `tag` already sends for this agent to an endpoint other than
+/// `endpoint` (the unlisted endpoint of a socket first seen at a packet does not count).
+#[inline(always)]
+fn second_endpoint(tag: *mut SockTag, agent_id: u32, endpoint: u32) -> bool {
+    // SAFETY: a non-null storage slot of the right type.
+    let (tagged_agent, tagged) = unsafe { ((*tag).agent_id, (*tag).endpoint_id) };
+    tagged_agent == agent_id && tagged != ENDPOINT_UNLISTED && tagged != endpoint
 }
 
 const DNS_RULE: Rule = Rule {

@@ -45,3 +45,54 @@ endpoints = ["udp-api"]
     assert!(c.tx_packets >= 2 && c.tx_bytes >= 2 * (13 + 8 + 20), "two datagrams of 13 bytes: {c:?}");
     assert_eq!(daemon.counters("a1", "(unlisted)").denied, 4);
 }
+
+/// A UDP socket keeps the endpoint it sends to. A sendto elsewhere (another allowed endpoint,
+/// or the resolver) once re-tagged a connected socket, so its later send()s to its connected
+/// peer went out at the other endpoint's price and outside its concurrency place; now it is
+/// refused (reason second-endpoint), and the connected peer is charged as before.
+#[test]
+fn a_udp_socket_cannot_be_retagged_to_another_endpoint() {
+    if !privileged("a_udp_socket_cannot_be_retagged_to_another_endpoint") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import socket, sys
+priced, free = int(sys.argv[1]), int(sys.argv[2])
+def attempt(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return "errno %d" % e.errno
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.1", priced))
+print(attempt(lambda: s.send(b"x" * 100)))
+print(attempt(lambda: s.sendto(b"y", ("127.0.0.1", free))))
+print(attempt(lambda: s.sendto(b"z", ("127.53.0.6", 53))))
+print(attempt(lambda: s.send(b"x" * 100)))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print(attempt(lambda: u.sendto(b"a", ("127.0.0.1", free))))
+print(attempt(lambda: u.sendto(b"b", ("127.0.0.1", priced))))
+"#;
+    let root = AgentsRoot::new();
+    // The priced peer listens, so the connected socket's sends are not answered with ICMP errors.
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (priced, free) = (receiver.local_addr().unwrap().port(), closed_udp_port());
+    let daemon = Daemon::start(
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"priced\"\naddresses = [\"127.0.0.1\"]\nports = [{priced}]\nprotocol = \"udp\"\nprice = {{ mib_sent = \"100.00\" }}\n\
+             [[endpoint]]\nname = \"free\"\naddresses = [\"127.0.0.1\"]\nports = [{free}]\nprotocol = \"udp\"\n\
+             [[agent]]\nname = \"a1\"\nendpoints = [\"priced\", \"free\"]\n[dns]\nresolvers = [\"127.53.0.6\"]\n"
+        ),
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", SCRIPT, &priced.to_string(), &free.to_string()]);
+    let out = governor_tests::run_in(&root.path.join("a1"), cmd);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nerrno 1\nerrno 1\nok\nok\nerrno 1\n", "{out:?}");
+    let a1 = daemon.agent("a1");
+    assert_eq!(a1["totals"]["denied_by_reason"]["second-endpoint"], 3, "{a1:#}");
+    // Both datagrams of the connected socket were charged to the priced endpoint.
+    let priced = daemon.counters("a1", "priced");
+    assert_eq!(priced.tx_packets, 2, "{a1:#}");
+}
