@@ -292,8 +292,13 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "detached"
         }
         crate::config::OnDaemonExit::Enforce => {
+            // No proxy will answer on the port the kernel steers DNS to: stop steering, so agents'
+            // DNS is refused (dns-resolver) rather than sent to a port someone else could take.
+            if let Err(e) = governor.core().maps.set_resolvers(&[], governor.dns.port) {
+                tracing::warn!(error = %e, "could not stop steering agents' DNS to the proxy's port");
+            }
             drop(kernel);
-            "left enforcing (on_daemon_exit = \"enforce\")"
+            "left enforcing (on_daemon_exit = \"enforce\"); agents' DNS refused until a daemon is back"
         }
     };
     let _ = governor.audit("daemon_stop", None, json!({ "pid": std::process::id(), "programs": programs }));

@@ -304,3 +304,33 @@ print("sent", n)
     assert!(q["hog"]["dropped"].as_u64().unwrap_or(0) >= 200, "{q}");
     assert_eq!(q["victim"]["dropped"].as_u64(), None, "{q}");
 }
+
+/// Nobody can take the proxy's place: its port is below 1024 (no unprivileged process binds
+/// it), agents cannot bind it at all (even as root: binds need `inbound`), and once a daemon
+/// stops cleanly the kernel refuses agents' DNS instead of steering it to the empty port.
+#[test]
+fn no_one_can_answer_in_the_proxys_place() {
+    if !privileged("no_one_can_answer_in_the_proxys_place") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let resolver = Ipv4Addr::new(127, 53, 0, 7);
+    let mut daemon = Daemon::start(&root, &config(443, resolver, ""));
+    let port = daemon.status()["dns"]["proxy_port"].as_u64().unwrap();
+    assert!(port < 1024, "proxy port {port}");
+    let agent = root.path.join("a1");
+    for addr in ["127.0.0.1", "0.0.0.0", "127.64.0.1"] {
+        let mut bind = std::process::Command::new("python3");
+        bind.args([
+            "-c",
+            "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ntry:\n    s.bind((sys.argv[1], int(sys.argv[2])))\n    print('bound')\nexcept OSError as e:\n    print('errno', e.errno)",
+            addr,
+            &port.to_string(),
+        ]);
+        let out = governor_tests::run_in(&agent, bind);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "errno 1", "{addr}: {out:?}");
+    }
+    assert!(daemon.stop().success());
+    // The programs still enforce; DNS to the resolver is refused, not steered to a dead port.
+    assert!(workload(Some(&agent), &["udp-send", &format!("{resolver}:53")]).eperm());
+}

@@ -112,8 +112,29 @@ pub struct Listeners {
     tcp: OwnedFd,
 }
 
-/// Binds UDP and TCP on `port` of every loopback address (0: a free port, the same for both).
+/// Where `bind_listeners(0)` looks first: ports below 1024, which no unprivileged process can
+/// bind, so while the daemon is down nobody but root can take the port the kernel still steers
+/// agents' DNS to and answer in the proxy's place.
+const PRIVILEGED_PORTS: std::ops::RangeInclusive<u16> = 600..=1023;
+
+/// Binds UDP and TCP on `port` of every loopback address (0: a free port, the same for both,
+/// below 1024 when one is free).
 pub fn bind_listeners(port: u16) -> std::io::Result<Listeners> {
+    if port == 0 {
+        let span = PRIVILEGED_PORTS.end() - PRIVILEGED_PORTS.start() + 1;
+        let offset = (std::process::id() % u32::from(span)) as u16;
+        for i in 0..span {
+            let candidate = PRIVILEGED_PORTS.start() + (offset + i) % span;
+            match try_bind(candidate) {
+                Ok(l) => return Ok(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::warn!(
+            "no free port below 1024 for the DNS proxy; taking an ephemeral one, which others may bind while the daemon is down"
+        );
+    }
     let mut last = None;
     for _ in 0..20 {
         match try_bind(port) {
