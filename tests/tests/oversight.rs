@@ -367,27 +367,29 @@ fn exec_runs_in_the_agent_as_a_user_and_refuses_root() {
     });
     drop(fresh);
     // The launcher's descriptors stay behind: a socket it holds (outside the agents, allowed
-    // anywhere) is closed before the agent starts, unless passed on with --preserve-fds.
-    let leak = |preserve: &str| {
+    // anywhere) is closed before the agent starts; one it would pass on (stdio, or
+    // --preserve-fds) is refused; other descriptors pass with --preserve-fds.
+    let run = |setup: &str, preserve: &str, agent_cmd: &str| {
         let script = format!(
-            "exec 7<>/dev/tcp/127.0.0.1/{} && {} exec --agent a1 --user nobody --preserve-fds {preserve} --socket {} -- sh -c 'echo leaked >&7'",
-            other.port,
+            "{setup} && {} exec --agent a1 --user nobody --preserve-fds {preserve} --socket {} -- sh -c '{agent_cmd}'",
             governor_bin().display(),
             daemon.socket.display()
         );
         Command::new("bash").args(["-c", &script]).env_remove("SUDO_UID").output().unwrap()
     };
-    let out = leak("0");
+    let tcp = format!("exec 7<>/dev/tcp/127.0.0.1/{}", other.port);
+    let out = run(&tcp, "0", "echo leaked >&7");
     assert!(!out.status.success(), "the agent wrote to the launcher's socket: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Bad file descriptor"), "{out:?}");
-    let before = other.received();
-    let out = leak("5");
-    assert!(out.status.success(), "--preserve-fds 5 passes 3..=7 on: {out:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while other.received() == before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    for (setup, preserve) in [(tcp.as_str(), "5"), (&format!("exec 0<>/dev/tcp/127.0.0.1/{}", other.port), "0")] {
+        let out = run(setup, preserve, "echo leaked >&7");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(stderr.contains("IPv4 socket of the launcher"), "{stderr}");
     }
-    assert_eq!(other.received() - before, 7, "what --preserve-fds passed on reaches the launcher's peer");
+    assert_eq!(other.received(), 0, "nothing reached the launcher's peer from inside the agent");
+    let out = run("exec 7</etc/hostname", "5", "cat <&7");
+    assert!(out.status.success() && !out.stdout.is_empty(), "a file passes with --preserve-fds: {out:?}");
 
     // A command that is not there says so, with the shell's exit status.
     let out = exec(&["--agent", "a1", "--user", "nobody", "--", "/nonexistent/agent"]);

@@ -55,6 +55,20 @@ fn identity(user: Option<&str>) -> anyhow::Result<Identity> {
     Ok(Identity { uid: found.uid.as_raw(), gid: found.gid.as_raw(), name: found.name })
 }
 
+/// The family of the IPv4 or IPv6 socket open at `fd`, if that is what it is (Unix sockets,
+/// files and pipes pass: a journal's stream on stdout is a Unix socket).
+fn inet_socket(fd: i32) -> Option<&'static str> {
+    let mut domain: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int; on a descriptor that is no socket it fails (ENOTSOCK).
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&raw mut domain).cast(), &mut len) };
+    match (rc, domain) {
+        (0, libc::AF_INET) => Some("IPv4"),
+        (0, libc::AF_INET6) => Some("IPv6"),
+        _ => None,
+    }
+}
+
 /// How long `--unlisted` waits for the daemon to take up a cgroup it creates (discovery runs
 /// every second).
 const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -78,6 +92,18 @@ pub fn run(
              programs and open raw sockets, so nothing would bind it. Pass --user USER (an unprivileged account), \
              or --allow-root if you accept that"
         );
+    }
+    // The descriptors the agent keeps (0-2 and the preserved ones) must hold no network socket:
+    // a socket belongs to the cgroup that made it, so the launcher's would reach anything,
+    // uncounted, from inside the agent.
+    for fd in 0..3 + preserve_fds.min(1 << 16) as i32 {
+        if let Some(family) = inet_socket(fd) {
+            bail!(
+                "descriptor {fd} is an {family} socket of the launcher: it belongs to the launcher's cgroup, so \
+                 the agent could reach anything through it, uncounted. Give the agent no network socket: \
+                 redirect it (`{fd}</dev/null`), or let the agent open its own"
+            );
+        }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = Client::new(socket);

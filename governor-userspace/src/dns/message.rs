@@ -42,6 +42,23 @@ pub fn question(query: &[u8]) -> Result<Question, String> {
     }
 }
 
+/// The query the proxy sends upstream for `query`: built anew from its id, its recursion flag,
+/// its one question and (if it had EDNS) a bare OPT record with its payload size and DO bit, so
+/// nothing else of what the agent wrote (EDNS options, trailing bytes) leaves the host.
+pub fn canonical(query: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(query).ok()?;
+    let mut m = Message::new(q.metadata.id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.checking_disabled = q.metadata.checking_disabled;
+    m.add_query(q.queries.first()?.clone());
+    if let Some(edns) = &q.edns {
+        let mut bare = hickory_proto::op::Edns::new();
+        bare.set_max_payload(edns.max_payload()).set_dnssec_ok(edns.flags().dnssec_ok);
+        m.set_edns(bare);
+    }
+    m.to_vec().ok()
+}
+
 /// Why the proxy will not forward `query` whatever its name: not a standard query (UPDATE,
 /// NOTIFY, ...), not class IN, a type no connect needs, or larger than a question can be.
 pub fn unforwardable(query: &[u8]) -> Option<String> {
@@ -295,5 +312,25 @@ pub(crate) mod tests {
         );
         let got = answer(&r, &question(&q).unwrap()).unwrap().addresses("api.example.com");
         assert_eq!(got, vec![(IpAddr::V4([192, 0, 2, 9].into()), 60)]);
+    }
+
+    #[test]
+    fn the_forwarded_query_carries_nothing_but_the_question() {
+        let mut q = query_of("api.example.com.", RecordType::A, OpCode::Query);
+        // An EDNS OPT record with a 300-byte private option, then 300 bytes of junk.
+        let mut m = Message::from_vec(&q).unwrap();
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(4096);
+        edns.options_mut().insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(65001, vec![7; 300]));
+        m.set_edns(edns);
+        q = m.to_vec().unwrap();
+        q.extend(std::iter::repeat_n(0x41, 300));
+        let c = canonical(&q).unwrap();
+        assert!(c.len() < 100, "{} bytes forwarded", c.len());
+        let back = Message::from_vec(&c).unwrap();
+        assert_eq!(back.metadata.id, 9);
+        assert_eq!(back.queries, Message::from_vec(&q[..q.len() - 300]).unwrap().queries);
+        let edns = back.edns.unwrap();
+        assert_eq!((edns.max_payload(), edns.options().as_ref().len()), (4096, 0));
     }
 }

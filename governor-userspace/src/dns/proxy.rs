@@ -325,8 +325,16 @@ async fn answer(g: &Arc<Governor>, local: Ipv4Addr, query: &[u8], tcp: bool) -> 
     let Some(resolver) = g.dns.resolver(index) else { return fail(format!("resolver {index} is not configured")) };
     let resolver = SocketAddr::new(resolver, governor_common::DNS_PORT);
     let timeout = g.policy().dns.upstream_timeout;
-    let reply =
-        if tcp { upstream::tcp(resolver, query, timeout).await } else { upstream::udp(resolver, query, timeout).await };
+    // Upstream gets a query built anew from the question, not the agent's bytes.
+    let Some(forwarded) = message::canonical(query) else {
+        g.dns.count(&agent_name, "dropped");
+        return None;
+    };
+    let reply = if tcp {
+        upstream::tcp(resolver, &forwarded, timeout).await
+    } else {
+        upstream::udp(resolver, &forwarded, timeout).await
+    };
     let reply = match reply {
         Ok(r) => r,
         Err(e) => return fail(format!("{}: {e}", q.name)),
