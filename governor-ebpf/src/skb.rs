@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use governor_common::{
-    ConnCounters, DenyEvent, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, MODE_ENFORCE, REASON_INBOUND, SockTag,
-    StatsKey, VERDICT_DENIED,
+    ConnCounters, DenyEvent, ENDPOINT_DNS, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, IPPROTO_UDP, MAX_RESOLVERS,
+    MODE_ENFORCE, PROXY_OCTET, REASON_INBOUND, SockTag, StatsKey, TAG_UDP_SENDMSG, VERDICT_DENIED,
 };
 
 use crate::{
@@ -43,7 +43,9 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     if tag.agent_id == NO_AGENT {
         return PASS;
     }
-    if tag.flags & NOT_ADMITTED != 0 {
+    if tag.flags & NOT_ADMITTED != 0
+        || (direction == Direction::Ingress && tag.flags & TAG_UDP_SENDMSG != 0 && !udp_source_admitted(ctx, sk, &tag))
+    {
         refuse_inbound(&tag, direction);
         return DROP;
     }
@@ -135,6 +137,50 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
         unsafe { *tag = fresh };
     }
     fresh
+}
+
+/// Whether a datagram arriving on a UDP socket that sent with sendmsg comes from a source its
+/// agent may reach. A connected socket (the kernel delivers only its peer's datagrams), an
+/// observe-mode agent, and a local port `inbound` names pass; a socket that sent DNS may hear
+/// only the proxy. Otherwise an unconnected socket that sent once would hear anyone.
+#[inline(always)]
+fn udp_source_admitted(ctx: &SkBuffContext, sk: *mut bpf_sock, tag: &SockTag) -> bool {
+    // SAFETY: helper on the context's non-null socket; 32-bit reads of the full socket.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return true;
+    }
+    let (peer_port, local_port) =
+        unsafe { (read_volatile(addr_of!((*full).dst_port)), read_volatile(addr_of!((*full).src_port))) };
+    if peer_port != 0 || inbound_allowed(tag.agent_id, IPPROTO_UDP, local_port as u16) {
+        return true;
+    }
+    let agent = agent::of_skb(ctx);
+    if agent.agent_id == NO_AGENT || agent.mode != MODE_ENFORCE {
+        return true;
+    }
+    let Ok(first) = ctx.load::<u8>(0) else { return false };
+    match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            let (Ok(src), Ok(sport)) = (ctx.load::<[u8; 4]>(12), ctx.load::<u16>(ihl)) else { return false };
+            if tag.endpoint_id == ENDPOINT_DNS {
+                return src[0] == 127 && src[1] >= PROXY_OCTET && u32::from(src[1] - PROXY_OCTET) < MAX_RESOLVERS;
+            }
+            crate::sock_addr::admits_v4(agent.rule_id, u16::from_be(sport), src)
+        }
+        6 => {
+            // A datagram behind extension headers is not read further: refused.
+            let (Ok(next), Ok(src), Ok(sport)) = (ctx.load::<u8>(6), ctx.load::<[u8; 16]>(8), ctx.load::<u16>(40))
+            else {
+                return false;
+            };
+            next == IPPROTO_UDP
+                && tag.endpoint_id != ENDPOINT_DNS
+                && crate::sock_addr::admits_v6(agent.rule_id, u16::from_be(sport), src)
+        }
+        _ => false,
+    }
 }
 
 /// Counts and reports a packet dropped because nothing admitted its socket.

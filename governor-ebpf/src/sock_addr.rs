@@ -20,7 +20,7 @@ use governor_common::{
     ENDPOINT_UNLISTED, HOOK_BIND, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT,
     REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT,
     REASON_SECOND_ENDPOINT, REASON_SOCKET_STORAGE, Rule, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED,
-    TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    TAG_UDP_SENDMSG, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -113,7 +113,7 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if !listed {
         per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
         report(&agent, hook, REASON_NOT_ALLOWLISTED, VERDICT_WOULD_DENY, protocol, port, dest);
-        set_tag(tag, &agent, &rule, flags | (old_flags & TAG_ENDPOINT_COUNTED));
+        set_tag(tag, &agent, &rule, flags | (old_flags & TAG_ENDPOINT_COUNTED) | udp_sendmsg(hook, protocol));
         return ALLOW;
     }
     // The endpoint's own limits for this agent, if it has any (`[[endpoint]] limits`).
@@ -167,7 +167,7 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if old_flags & TAG_ENDPOINT_COUNTED != 0 && !ep_held {
         limits::endpoint_release(&StatsKey { agent_id: agent.agent_id, endpoint_id: old_endpoint });
     }
-    set_tag(tag, &agent, &rule, flags);
+    set_tag(tag, &agent, &rule, flags | udp_sendmsg(hook, protocol));
     ALLOW
 }
 
@@ -225,7 +225,7 @@ fn dns_verdict(
         c.flows += 1;
     });
     // Keep a place the socket already holds, so sock_release still gives it back.
-    set_tag(tag, agent, &DNS_RULE, if counted { TAG_COUNTED } else { 0 });
+    set_tag(tag, agent, &DNS_RULE, if counted { TAG_COUNTED } else { 0 } | udp_sendmsg(hook, protocol));
     dns::redirect(ctx, route, agent, v6);
     ALLOW
 }
@@ -308,6 +308,28 @@ fn lookup_v6(rule_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
         Some(rule) => used(rule),
         None => NO_RULE,
     }
+}
+
+/// `TAG_UDP_SENDMSG` for a UDP sendmsg with an address, else 0.
+#[inline(always)]
+fn udp_sendmsg(hook: u8, protocol: u8) -> u32 {
+    if hook == HOOK_SENDMSG && protocol == IPPROTO_UDP { TAG_UDP_SENDMSG } else { 0 }
+}
+
+/// Whether the agent's allowlist (`rule_id`) admits UDP from `addr`:`port`: presence only,
+/// without stamping a DNS-admitted entry as used (receiving is not a use).
+#[inline(always)]
+pub fn admits_v4(rule_id: u32, port: u16, addr: [u8; 4]) -> bool {
+    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(rule_id, IPPROTO_UDP, port, addr));
+    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 32, AllowKeyV4::new(rule_id, IPPROTO_UDP, 0, addr));
+    ALLOW_V4.get(&exact).is_some() || ALLOW_V4.get(&any_port).is_some()
+}
+
+#[inline(always)]
+pub fn admits_v6(rule_id: u32, port: u16, addr: [u8; 16]) -> bool {
+    let exact = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(rule_id, IPPROTO_UDP, port, addr));
+    let any_port = Key::new(ALLOW_KEY_FIXED_BITS + 128, AllowKeyV6::new(rule_id, IPPROTO_UDP, 0, addr));
+    ALLOW_V6.get(&exact).is_some() || ALLOW_V6.get(&any_port).is_some()
 }
 
 /// Copies a matched rule out and, for an address admitted from a DNS answer (`last_use_s` not

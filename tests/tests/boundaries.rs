@@ -359,3 +359,59 @@ except socket.timeout:
     assert_eq!(rest(&mut child, out), "got hello");
     assert!(daemon.agent("watch")["totals"]["would_deny"].as_u64().unwrap_or(0) >= 1);
 }
+
+/// An unconnected UDP socket that sent to an allowed endpoint hears only sources its agent may
+/// reach: the endpoint's reply arrives, a datagram from anyone else does not (it once gave the
+/// agent an inbound listener on a port `inbound` does not name).
+#[test]
+fn an_unconnected_udp_socket_hears_only_admitted_sources() {
+    if !privileged("an_unconnected_udp_socket_hears_only_admitted_sources") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", 0))
+u.settimeout(3)
+u.sendto(b"hi", ("127.0.0.1", int(sys.argv[1])))
+print(u.getsockname()[1], flush=True)
+for _ in range(2):
+    try:
+        data, peer = u.recvfrom(100)
+        print("got " + data.decode(), flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+"#;
+    // The allowed endpoint echoes what it gets; the stranger writes from another port.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    let root = AgentsRoot::new();
+    let daemon = Daemon::start(
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"udp-api\"\naddresses = [\"127.0.0.1\"]\nports = [{echo_port}]\nprotocol = \"udp\"\n\
+             [[agent]]\nname = \"a1\"\nendpoints = [\"udp-api\"]\n"
+        ),
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SCRIPT, &echo_port.to_string()]).stdout(std::process::Stdio::piped());
+    as_user(&mut cmd, NOBODY, NOBODY);
+    let mut child = governor_tests::spawn_in(&root.path.join("a1"), cmd);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut port = String::new();
+    std::io::BufRead::read_line(&mut out, &mut port).unwrap();
+    let port: u16 = port.trim().parse().unwrap();
+    // First a stranger, then the endpoint's own reply.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"stranger", ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, agent) = echo.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hi");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    echo.send_to(b"reply", agent).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+    child.wait().unwrap();
+    assert_eq!(text, "got reply\ntimeout\n", "the stranger's datagram must not arrive");
+    assert!(denied(&daemon, "inbound") >= 1, "{:#}", daemon.agent("a1"));
+}
