@@ -10,7 +10,7 @@ use core::ptr::{addr_of, read_volatile};
 use aya_ebpf::{
     bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get},
-    programs::SkBuffContext,
+    programs::{SkBuffContext, sk_buff::SkBuff},
 };
 use governor_common::{
     ConnCounters, DenyEvent, ENDPOINT_DNS, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, IPPROTO_UDP, MAX_RESOLVERS,
@@ -53,7 +53,7 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     if budget::agent_blocked(tag.slot) != 0 {
         return DROP;
     }
-    let len = u64::from(ctx.len());
+    let (len, packets) = wire(&ctx.skb, 0);
     let price = if direction == Direction::Egress { tag.tx_byte } else { tag.rx_byte };
     // len < 2^32 and config caps per-byte prices below 2^30 pico, so this cannot wrap
     // (saturating_mul would need a 128-bit multiply, which BPF lacks).
@@ -68,15 +68,40 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
         match direction {
             Direction::Egress => {
                 c.tx_bytes += len;
-                c.tx_packets += 1;
+                c.tx_packets += packets;
             }
             Direction::Ingress => {
                 c.rx_bytes += len;
-                c.rx_packets += 1;
+                c.rx_packets += packets;
             }
         }
     }
     PASS
+}
+
+/// What a packet is on the wire: its length and 1, or, for a UDP GSO super-packet (the hooks
+/// see it before it is cut up), its `gso_segs` datagrams each with its own IP and UDP headers
+/// (and `link_header` bytes more each, for TC). Without this, 128 one-byte segments counted as
+/// one 156-byte packet and left as 128 of 29 bytes. TCP super-packets are counted as the
+/// kernel hands them (a TCP segment's header size varies with its options).
+#[inline(always)]
+pub fn wire(ctx: &SkBuff, link_header: u64) -> (u64, u64) {
+    let len = u64::from(ctx.len());
+    // SAFETY: a read of the context's own field.
+    let segs = u64::from(unsafe { (*ctx.skb).gso_segs });
+    if segs <= 1 {
+        return (len, 1);
+    }
+    let Ok(first) = ctx.load::<u8>(link_header as usize) else { return (len, 1) };
+    let (protocol_at, ip_header) = match first >> 4 {
+        4 => (9, u64::from(first & 0x0f) * 4),
+        6 => (6, 40),
+        _ => return (len, 1),
+    };
+    match ctx.load::<u8>(link_header as usize + protocol_at) {
+        Ok(p) if p == IPPROTO_UDP => (len + (segs - 1) * (link_header + ip_header + 8), segs),
+        _ => (len, 1),
+    }
 }
 
 /// Marks a socket's tag (never stored) when nothing admitted its traffic: an enforce agent's

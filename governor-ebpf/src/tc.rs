@@ -7,6 +7,9 @@ use governor_common::HostEgress;
 
 use crate::maps::{HOST_EGRESS, per_cpu_add};
 
+/// What TC sees before the IP header.
+const ETHERNET_HEADER: u64 = 14;
+
 /// Key of packets without a socket (forwarded, ARP...) and of cgroups the map has no room for.
 const UNATTRIBUTED: u64 = 0;
 
@@ -14,10 +17,11 @@ const UNATTRIBUTED: u64 = 0;
 pub fn count(ctx: &TcContext) -> i32 {
     // SAFETY: helper call on the program's own context.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let len = u64::from(ctx.len());
+    // TC sees the Ethernet header: each UDP GSO segment carries its own.
+    let (len, packets) = crate::skb::wire(&ctx.skb, ETHERNET_HEADER);
     let add = |e: &mut HostEgress| {
         e.bytes += len;
-        e.packets += 1;
+        e.packets += packets;
     };
     if !per_cpu_add(&HOST_EGRESS, &cgroup, add) {
         per_cpu_add(&HOST_EGRESS, &UNATTRIBUTED, add);
