@@ -117,6 +117,26 @@ impl AgentTable {
     ) -> Result<Vec<String>, AgentsError> {
         let Rules { policy, admitted } = rules;
         maps.insert_rules(&policy.agents, admitted)?;
+        // Everything that can fail for an agent is done for every agent before any is switched
+        // or any running limit is rewritten: a reload either applies whole or leaves the running
+        // policy as it was (its new rules taken out again).
+        let prepared: Result<Vec<u64>, AgentsError> = policy
+            .agents
+            .iter()
+            .map(|a| {
+                if books.account(&a.name).is_none() && !books.has_free_slot(&a.name) {
+                    return Err(BooksError::SlotsFull("the state file".into()).into());
+                }
+                Ok(root.ensure_agent(&a.cgroup)?)
+            })
+            .collect();
+        let cgroup_ids = match prepared {
+            Ok(ids) => ids,
+            Err(e) => {
+                maps.remove_rules(&policy.agents, admitted);
+                return Err(e);
+            }
+        };
         let endpoint_limits = policy.endpoint_limits();
         let limited: std::collections::HashSet<u32> = endpoint_limits.iter().map(|(k, _)| k.agent_id).collect();
         if let Err(e) = maps.set_endpoint_limits(&endpoint_limits).and_then(|()| maps.set_inbound(&policy.inbound())) {
@@ -124,11 +144,10 @@ impl AgentTable {
             return Err(e.into());
         }
         let mut changed = Vec::new();
-        for a in &policy.agents {
+        for (a, &cgroup_id) in policy.agents.iter().zip(&cgroup_ids) {
             let slot = books.open_account(&a.name, None, a.budget.clone(), adopted, now, maps)?;
             books.set_checkpoints(&a.name, a.checkpoints.clone());
             books.set_limits(&a.name, a.limits, limited.contains(&a.id), maps)?;
-            let cgroup_id = root.ensure_agent(&a.cgroup)?;
             let agent = Agent {
                 id: a.id,
                 name: a.name.clone(),

@@ -165,3 +165,32 @@ fn reloads_with_unlisted_agents_beside_switch_generations_cleanly() {
     assert!(a.ok(), "the running policy's endpoint a after a refused reload: {a:?}");
     assert!(b.eperm(), "the refused policy's endpoint b: {b:?}");
 }
+
+/// A reload is all or nothing: when it fails for one agent (here its cgroup cannot be made:
+/// the agents root allows no more descendants), no other agent has been switched to the new
+/// policy. Once an agent switched before a later one failed.
+#[test]
+fn a_reload_that_fails_for_one_agent_switches_none() {
+    if !privileged("a_reload_that_fails_for_one_agent_switches_none") {
+        return;
+    }
+    let root = AgentsRoot::new();
+    let (a, b) = (Server::start(Serve::Sink), Server::start(Serve::Sink));
+    let daemon = Daemon::start(&root, &endpoints(&[("a", a.port)]));
+    let agent = root.path.join("a1");
+    // a1 gains endpoint b, and a new agent a2 needs a cgroup the root will not allow.
+    std::fs::write(root.path.join("cgroup.max.descendants"), "1").unwrap();
+    rewrite(
+        &daemon,
+        &format!("{}[[agent]]\nname = \"a2\"\nendpoints = [\"a\"]\n", endpoints(&[("a", a.port), ("b", b.port)])),
+    );
+    let out = daemon.cli_output(&["reload"]);
+    std::fs::write(root.path.join("cgroup.max.descendants"), "max").unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(workload(Some(&agent), &["connect", &a.addr("127.0.0.1")]).ok(), "the running policy stays");
+    assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).eperm(), "no agent is switched to the new one");
+    assert!(daemon.audit_log().iter().any(|r| r["kind"] == "policy_reload_refused"));
+    // With room again, the same reload applies whole.
+    daemon.cli(&["reload"]);
+    assert!(workload(Some(&agent), &["connect", &b.addr("127.0.0.1")]).ok());
+}

@@ -299,6 +299,11 @@ impl Books {
         Ok(slot)
     }
 
+    /// Whether `owner` would get a slot: its saved one, or a free one.
+    pub fn has_free_slot(&self, owner: &str) -> bool {
+        self.retired.contains_key(owner) || self.free_slot().is_ok()
+    }
+
     fn free_slot(&self) -> Result<u32, BooksError> {
         let used: std::collections::HashSet<u32> =
             self.accounts.values().map(|a| a.slot).chain(self.retired.values().map(|s| s.slot)).collect();
