@@ -80,9 +80,13 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         return deny(blocked);
     }
     let tag = socket_tag(ctx);
-    // Without a tag the socket could be neither charged nor give a concurrent place back.
+    // Without a tag the socket could be neither charged nor give a concurrent place back
+    // (observe mode lets it through, uncharged, as it refuses nothing).
     if tag.is_null() {
-        return deny(REASON_SOCKET_STORAGE);
+        if agent.mode == MODE_ENFORCE {
+            return deny(REASON_SOCKET_STORAGE);
+        }
+        return ALLOW;
     }
     // A UDP socket keeps the endpoint it sends to: a sendmsg elsewhere would re-tag it, and its
     // later send()s to its connected peer would pass no hook, at the other endpoint's price and
@@ -205,10 +209,14 @@ fn dns_verdict(
         return deny(blocked);
     }
     let tag = socket_tag(ctx);
-    if tag.is_null() {
+    if tag.is_null() && agent.mode == MODE_ENFORCE {
         return deny(REASON_SOCKET_STORAGE);
     }
-    if hook == HOOK_SENDMSG && agent.mode == MODE_ENFORCE && second_endpoint(tag, agent.agent_id, ENDPOINT_DNS) {
+    if !tag.is_null()
+        && hook == HOOK_SENDMSG
+        && agent.mode == MODE_ENFORCE
+        && second_endpoint(tag, agent.agent_id, ENDPOINT_DNS)
+    {
         return deny(REASON_SECOND_ENDPOINT);
     }
     // SAFETY: `tag` is null or a storage slot of the right type.
@@ -310,10 +318,12 @@ fn lookup_v6(rule_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
     }
 }
 
-/// `TAG_UDP_SENDMSG` for a UDP sendmsg with an address, else 0.
+/// `TAG_UDP_SENDMSG` for every UDP tag, by connect or sendmsg: a connected socket can be
+/// disconnected (connect to AF_UNSPEC runs no hook) and keep its tag, so the ingress check
+/// must know it is UDP; while it stays connected, the check stops at its peer port.
 #[inline(always)]
-fn udp_sendmsg(hook: u8, protocol: u8) -> u32 {
-    if hook == HOOK_SENDMSG && protocol == IPPROTO_UDP { TAG_UDP_SENDMSG } else { 0 }
+fn udp_sendmsg(_hook: u8, protocol: u8) -> u32 {
+    if protocol == IPPROTO_UDP { TAG_UDP_SENDMSG } else { 0 }
 }
 
 /// Whether the agent's allowlist (`rule_id`) admits UDP from `addr`:`port`: presence only,

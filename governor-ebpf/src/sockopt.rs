@@ -22,6 +22,8 @@ const SOL_IP: i32 = 0;
 const IP_OPTIONS: i32 = 4;
 const SOL_IPV6: i32 = 41;
 const IPV6_2292RTHDR: i32 = 5;
+/// Sticky options in ancillary-data form, a routing header among them.
+const IPV6_2292PKTOPTIONS: i32 = 6;
 const IPV6_RTHDR: i32 = 57;
 
 #[inline(always)]
@@ -29,7 +31,8 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
     let so = ctx.sockopt;
     // SAFETY: 32-bit context reads.
     let (level, optname) = unsafe { (read_volatile(addr_of!((*so).level)), read_volatile(addr_of!((*so).optname))) };
-    let v6 = level == SOL_IPV6 && (optname == IPV6_RTHDR || optname == IPV6_2292RTHDR);
+    let v6 =
+        level == SOL_IPV6 && (optname == IPV6_RTHDR || optname == IPV6_2292RTHDR || optname == IPV6_2292PKTOPTIONS);
     let v4 = level == SOL_IP && optname == IP_OPTIONS;
     // Every other option passes untouched (optval and optlen are left as they are), before any
     // map lookup.

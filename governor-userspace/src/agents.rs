@@ -120,16 +120,13 @@ impl AgentTable {
         // Everything that can fail for an agent is done for every agent before any is switched
         // or any running limit is rewritten: a reload either applies whole or leaves the running
         // policy as it was (its new rules taken out again).
-        let prepared: Result<Vec<u64>, AgentsError> = policy
-            .agents
-            .iter()
-            .map(|a| {
-                if books.account(&a.name).is_none() && !books.has_free_slot(&a.name) {
-                    return Err(BooksError::SlotsFull("the state file".into()).into());
-                }
-                Ok(root.ensure_agent(&a.cgroup)?)
-            })
-            .collect();
+        let new_agents: Vec<&str> =
+            policy.agents.iter().map(|a| a.name.as_str()).filter(|n| books.account(n).is_none()).collect();
+        let prepared: Result<Vec<u64>, AgentsError> = if books.free_slots_for(&new_agents) {
+            policy.agents.iter().map(|a| Ok(root.ensure_agent(&a.cgroup)?)).collect()
+        } else {
+            Err(BooksError::SlotsFull("the state file".into()).into())
+        };
         let cgroup_ids = match prepared {
             Ok(ids) => ids,
             Err(e) => {

@@ -126,12 +126,13 @@ pub struct Tally {
     pub refused: BTreeMap<RefusalKey, Refusals>,
 }
 
-/// What refused control requests are aggregated by: the caller's uid, the action, the agent
-/// named, and why they were refused.
-pub type RefusalKey = (Option<u32>, String, Option<String>, String);
+/// What refused control requests are aggregated by: the caller's uid, the action, and why they
+/// were refused (not the agent named: a caller chooses that freely).
+pub type RefusalKey = (Option<u32>, String, String);
 
-/// Refused requests of one key since the last flush: how many, the first caller, their pids.
-pub type Refusals = (u64, serde_json::Value, Vec<i32>);
+/// Refused requests of one key since the last flush: how many, the first caller, their pids,
+/// a few of the agents they named.
+pub type Refusals = (u64, serde_json::Value, Vec<i32>, Vec<String>);
 
 pub struct Governor {
     /// Swapped whole by a reload; readers take a snapshot with `config()` / `policy()`.
@@ -419,11 +420,12 @@ impl Governor {
     /// (caller, action, agent, reason) with how many there were.
     pub fn flush_refusals(&self) {
         let refused = std::mem::take(&mut self.tally().refused);
-        for ((_, action, agent, why), (count, by, pids)) in refused {
+        for ((_, action, why), (count, by, pids, agents)) in refused {
+            let agent = (agents.len() == 1).then(|| agents[0].clone());
             let _ = self.audit(
                 "control_refused",
                 agent.as_deref(),
-                json!({ "action": action, "by": by, "why": why, "count": count, "pids": pids }),
+                json!({ "action": action, "by": by, "why": why, "count": count, "pids": pids, "agents": agents }),
             );
         }
     }

@@ -415,3 +415,50 @@ for _ in range(2):
     assert_eq!(text, "got reply\ntimeout\n", "the stranger's datagram must not arrive");
     assert!(denied(&daemon, "inbound") >= 1, "{:#}", daemon.agent("a1"));
 }
+
+/// The same after a disconnect: a UDP socket connected to an allowed endpoint, then disconnected
+/// (connect to AF_UNSPEC runs no hook), keeps its tag and hears only admitted sources.
+#[test]
+fn a_disconnected_udp_socket_hears_only_admitted_sources() {
+    if !privileged("a_disconnected_udp_socket_hears_only_admitted_sources") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import ctypes, socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", int(sys.argv[1])))
+unspec = (ctypes.c_ubyte * 16)()
+assert ctypes.CDLL(None, use_errno=True).connect(u.fileno(), ctypes.byref(unspec), 16) == 0
+u.bind(("127.0.0.1", 0))  # the disconnect gave the autobound port back
+u.settimeout(2)
+print(u.getsockname()[1], flush=True)
+try:
+    print("got " + u.recvfrom(100)[0].decode(), flush=True)
+except socket.timeout:
+    print("timeout", flush=True)
+"#;
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    let root = AgentsRoot::new();
+    let daemon = Daemon::start(
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"udp-api\"\naddresses = [\"127.0.0.1\"]\nports = [{echo_port}]\nprotocol = \"udp\"\n\
+             [[agent]]\nname = \"a1\"\nendpoints = [\"udp-api\"]\n"
+        ),
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SCRIPT, &echo_port.to_string()]).stdout(std::process::Stdio::piped());
+    as_user(&mut cmd, NOBODY, NOBODY);
+    let mut child = governor_tests::spawn_in(&root.path.join("a1"), cmd);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut port = String::new();
+    std::io::BufRead::read_line(&mut out, &mut port).unwrap();
+    let port: u16 = port.trim().parse().unwrap();
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"stranger", ("127.0.0.1", port)).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+    child.wait().unwrap();
+    assert_eq!(text, "timeout\n", "the stranger's datagram must not arrive");
+    assert!(denied(&daemon, "inbound") >= 1, "{:#}", daemon.agent("a1"));
+}

@@ -299,9 +299,12 @@ impl Books {
         Ok(slot)
     }
 
-    /// Whether `owner` would get a slot: its saved one, or a free one.
-    pub fn has_free_slot(&self, owner: &str) -> bool {
-        self.retired.contains_key(owner) || self.free_slot().is_ok()
+    /// Whether every one of `owners` (none with an account yet) would get a slot: its saved
+    /// one, or one of the free ones.
+    pub fn free_slots_for(&self, owners: &[&str]) -> bool {
+        let needed = owners.iter().filter(|o| !self.retired.contains_key(**o)).count();
+        let used = self.accounts.len() + self.retired.len();
+        needed <= (MAX_AGENTS as usize).saturating_sub(used)
     }
 
     fn free_slot(&self) -> Result<u32, BooksError> {

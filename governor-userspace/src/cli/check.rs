@@ -108,9 +108,17 @@ pub fn verify(report: &Path, key: &Path, config: Option<&Path>) -> anyhow::Resul
         SIGNATURE_NAMESPACE
     );
     let text = String::from_utf8_lossy(&message);
-    let Some(signed) = config_sha256_in(&text) else {
-        anyhow::bail!("{} names no config sha256: it is not a governor readiness report", report.display());
+    let Some((signed, ready)) = report_facts(&text) else {
+        anyhow::bail!(
+            "{} is not a governor readiness report (no config sha256 or verdict where one belongs)",
+            report.display()
+        );
     };
+    println!(
+        "{}: the signed report says {}",
+        report.display(),
+        if ready { "READY" } else { "NOT READY: the configuration has a FAIL" }
+    );
     match config {
         Some(path) => {
             let here = LoadedConfig::from_file(path)?.sha256();
@@ -128,28 +136,52 @@ pub fn verify(report: &Path, key: &Path, config: Option<&Path>) -> anyhow::Resul
     Ok(())
 }
 
-/// The config's sha256 as any report format states it (text, Markdown, JSON).
-fn config_sha256_in(text: &str) -> Option<String> {
-    // After the word: a few separators (` `, `|`, `` ` ``, `"`, `:`), then 64 hex digits.
-    text.match_indices("sha256").find_map(|(i, word)| {
-        let rest = text[i + word.len()..].trim_start_matches([' ', '|', '`', '"', ':', '(']);
-        let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-        (hex.len() == 64).then_some(hex)
-    })
+/// The config's sha256 and the verdict as the report states them, read from their own places
+/// in each format (JSON fields; Markdown's `| sha256 |` row and bold verdict; the text's first
+/// two lines), never from text a config path could carry.
+fn report_facts(text: &str) -> Option<(String, bool)> {
+    let hex = |s: &str| {
+        let h: String = s.chars().take_while(char::is_ascii_hexdigit).collect();
+        (h.len() == 64).then_some(h)
+    };
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        return Some((hex(v["config_sha256"].as_str()?)?, v["ready"].as_bool()?));
+    }
+    if text.starts_with("# governor readiness report") {
+        let sha = text.lines().find_map(|l| l.strip_prefix("| sha256 | `")).and_then(hex)?;
+        let ready = text.lines().find(|l| l.starts_with("**"))?.starts_with("**READY**");
+        return Some((sha, ready));
+    }
+    let mut lines = text.lines();
+    let ready = lines.next()?.split("readiness: ").nth(1)?.starts_with("READY");
+    let second = lines.next()?;
+    let sha = hex(&second[second.rfind("(sha256 ")? + "(sha256 ".len()..])?;
+    Some((sha, ready))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_config_sha256_is_found_in_every_report_format() {
+    fn the_facts_are_read_from_their_places_in_every_format() {
         let h = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
-        for text in [
-            format!("config x.toml (sha256 {h}), host h"),
-            format!("| config | `x` |\n| sha256 | `{h}` |"),
-            format!("{{\n  \"config_sha256\": \"{h}\",\n}}"),
+        let decoy = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        for (text, ready) in [
+            (
+                format!(
+                    "governor 0.1.0 readiness: NOT READY (1 PASS, 0 WARN, 1 FAIL)\nconfig /x (sha256 {decoy})/c.toml (sha256 {h}), host h, kernel k, t\n"
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "# governor readiness report\n\n**READY**: 3 PASS\n\n| config | `/x sha256 {decoy}` |\n| sha256 | `{h}` |\n"
+                ),
+                true,
+            ),
+            (format!("{{\"config\": \"sha256 {decoy}\", \"config_sha256\": \"{h}\", \"ready\": true}}"), true),
         ] {
-            assert_eq!(super::config_sha256_in(&text).as_deref(), Some(h), "{text}");
+            assert_eq!(super::report_facts(&text), Some((h.to_owned(), ready)), "{text}");
         }
-        assert_eq!(super::config_sha256_in("sha256 abc"), None);
+        assert_eq!(super::report_facts("sha256 abc"), None);
     }
 }

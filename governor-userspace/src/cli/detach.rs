@@ -81,12 +81,13 @@ pub fn run(config: Option<&Path>, dry_run: bool) -> anyhow::Result<()> {
             }),
         )
         .context("detach is audited, and the record could not be written; nothing was changed")?;
-    drop(lock);
     for f in &found {
-        // Links first: unpinned, a link no process holds is released and its program detached.
+        // Removed while the lock is held, so no daemon can start on them meanwhile. Unpinned, a
+        // link no process holds is released and its program detached.
         std::fs::remove_dir_all(&f.dir).with_context(|| format!("cannot remove {}", f.dir.display()))?;
         println!("removed {}", f.dir.display());
     }
+    drop(lock);
     println!(
         "governor's programs are off {}; its spend stays in {} for a later start",
         root.display(),

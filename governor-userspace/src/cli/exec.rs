@@ -55,17 +55,19 @@ fn identity(user: Option<&str>) -> anyhow::Result<Identity> {
     Ok(Identity { uid: found.uid.as_raw(), gid: found.gid.as_raw(), name: found.name })
 }
 
-/// The family of the IPv4 or IPv6 socket open at `fd`, if that is what it is (Unix sockets,
-/// files and pipes pass: a journal's stream on stdout is a Unix socket).
-fn inet_socket(fd: i32) -> Option<&'static str> {
+/// The family of the socket open at `fd`, unless it is no socket or a Unix socket (files,
+/// pipes and Unix sockets pass: a journal's stream on stdout is a Unix socket; any other
+/// family, packet and vsock sockets included, would reach past the agent's hooks).
+fn inet_socket(fd: i32) -> Option<String> {
     let mut domain: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt into a local int; on a descriptor that is no socket it fails (ENOTSOCK).
     let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&raw mut domain).cast(), &mut len) };
     match (rc, domain) {
-        (0, libc::AF_INET) => Some("IPv4"),
-        (0, libc::AF_INET6) => Some("IPv6"),
-        _ => None,
+        (0, libc::AF_UNIX) | (-1, _) => None,
+        (0, libc::AF_INET) => Some("IPv4".into()),
+        (0, libc::AF_INET6) => Some("IPv6".into()),
+        (_, other) => Some(format!("address family {other}")),
     }
 }
 

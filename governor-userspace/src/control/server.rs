@@ -236,15 +236,23 @@ fn authorize(
     // request changes nothing, and one record per request would let a reader fill the log.
     {
         let mut tally = g.tally();
-        let key = (caller.uid, action.to_owned(), agent.map(str::to_owned), why.clone());
+        // Keyed without the agent name the caller chose: random names must not make one record
+        // each. A few of the names and pids come along as examples.
+        let key = (caller.uid, action.to_owned(), why.clone());
         let by = serde_json::to_value(&caller).unwrap_or_default();
-        let entry = tally.refused.entry(key).or_insert_with(|| (0, by, Vec::new()));
+        let entry = tally.refused.entry(key).or_insert_with(|| (0, by, Vec::new(), Vec::new()));
         entry.0 += 1;
         if let Some(pid) = caller.pid
             && entry.2.len() < 8
             && !entry.2.contains(&pid)
         {
             entry.2.push(pid);
+        }
+        if let Some(name) = agent
+            && entry.3.len() < 4
+            && !entry.3.iter().any(|n| n == name)
+        {
+            entry.3.push(name.chars().take(64).collect());
         }
     }
     Err(Box::new(error(StatusCode::FORBIDDEN, &why)))

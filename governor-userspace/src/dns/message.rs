@@ -160,9 +160,16 @@ pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     error(query, ResponseCode::ServFail)
 }
 
-/// REFUSED for `query`: the proxy will not look this up for this agent (policy, not failure).
+/// REFUSED for `query`: the proxy will not forward a query of this shape (policy, not failure).
 pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
     error(query, ResponseCode::Refused)
+}
+
+/// NXDOMAIN for `query`, with no SOA (so no resolver caches it, RFC 2308): for this agent the
+/// name does not exist. A resolver library goes on to the next search domain, as it would not
+/// on REFUSED (musl stops there, so `ndots` search lists would never reach an allowed name).
+pub fn nxdomain(query: &[u8]) -> Option<Vec<u8>> {
+    error(query, ResponseCode::NXDomain)
 }
 
 fn error(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {

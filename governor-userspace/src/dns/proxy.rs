@@ -318,8 +318,13 @@ async fn answer(g: &Arc<Governor>, local: Ipv4Addr, query: &[u8], tcp: bool) -> 
     if let Some((reason, why)) = refusal {
         g.dns_denial(agent_id, reason, enforce, &q.name, &why);
         if enforce {
-            g.dns.count(&agent_name, if reason == "dns-name" { "refused" } else { "refused-query" });
-            return message::refused(query);
+            return if reason == "dns-name" {
+                g.dns.count(&agent_name, "refused");
+                message::nxdomain(query)
+            } else {
+                g.dns.count(&agent_name, "refused-query");
+                message::refused(query)
+            };
         }
     }
     let Some(resolver) = g.dns.resolver(index) else { return fail(format!("resolver {index} is not configured")) };
