@@ -72,6 +72,14 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     };
 
     let listed = rule.endpoint_id != ENDPOINT_UNLISTED;
+    // A connected UDP socket's send with ancillary data (IP_TOS for ECN, IP_TTL, ...) runs this
+    // hook with no address (0.0.0.0:0 or [::]:0): the kernel sends to the socket's peer, which
+    // its connect admitted (the kernel refuses such a send on an unconnected socket before any
+    // hook). It goes on under the socket's tag, as its plain sends do.
+    if !listed && hook == HOOK_SENDMSG && port == 0 && unspecified(&dest) && sent_by(ctx, agent.agent_id) {
+        let blocked = budget::agent_blocked(agent.slot);
+        return if blocked != 0 { deny(blocked) } else { ALLOW };
+    }
     if !listed && agent.mode == MODE_ENFORCE {
         return deny(REASON_NOT_ALLOWLISTED);
     }
@@ -316,6 +324,24 @@ fn lookup_v6(rule_id: u32, protocol: u8, port: u16, addr: [u8; 16]) -> Rule {
         Some(rule) => used(rule),
         None => NO_RULE,
     }
+}
+
+/// Whether `dest` is the unspecified address (a send with no address of its own).
+#[inline(always)]
+fn unspecified(dest: &Dest) -> bool {
+    match dest {
+        Dest::V4(a) => *a == [0; 4],
+        Dest::V6(a) => *a == [0; 16],
+    }
+}
+
+/// Whether the socket carries a tag of `agent_id` naming an endpoint: a connect or sendmsg of
+/// this agent admitted its destination.
+#[inline(always)]
+fn sent_by(ctx: &SockAddrContext, agent_id: u32) -> bool {
+    let tag = socket_tag(ctx);
+    // SAFETY: null or a storage slot of the right type.
+    !tag.is_null() && unsafe { (*tag).agent_id == agent_id && (*tag).endpoint_id != ENDPOINT_UNLISTED }
 }
 
 /// `TAG_UDP_SENDMSG` for every UDP tag, by connect or sendmsg: a connected socket can be

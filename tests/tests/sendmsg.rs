@@ -96,3 +96,43 @@ print(attempt(lambda: u.sendto(b"b", ("127.0.0.1", priced))))
     let priced = daemon.counters("a1", "priced");
     assert_eq!(priced.tx_packets, 2, "{a1:#}");
 }
+
+/// A connected UDP socket's sends with ancillary data (IP_TOS for ECN, IP_TTL: what QUIC
+/// clients send) reach the hook with no address; they go to the connected peer, and pass and
+/// are charged like its plain sends. They were refused as not allowlisted.
+#[test]
+fn a_connected_udp_socket_may_send_with_ancillary_data() {
+    if !privileged("a_connected_udp_socket_may_send_with_ancillary_data") {
+        return;
+    }
+    const SCRIPT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+s.send(b"x")
+s.sendmsg([b"y"], [(socket.IPPROTO_IP, socket.IP_TOS, bytes([2, 0, 0, 0]))])
+s.sendmsg([b"z"], [(socket.IPPROTO_IP, socket.IP_TTL, bytes([9, 0, 0, 0]))])
+print("sent")
+"#;
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let root = AgentsRoot::new();
+    let daemon = Daemon::start(
+        &root,
+        &format!(
+            "[[endpoint]]\nname = \"udp-api\"\naddresses = [\"127.0.0.1\"]\nports = [{port}]\nprotocol = \"udp\"\n\
+             [[agent]]\nname = \"a1\"\nendpoints = [\"udp-api\"]\n"
+        ),
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", SCRIPT, &port.to_string()]);
+    let out = governor_tests::run_in(&root.path.join("a1"), cmd);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sent"), "{out:?}");
+    let mut buf = [0u8; 8];
+    for expected in [b'x', b'y', b'z'] {
+        let (n, _) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], [expected]);
+    }
+    assert_eq!(daemon.counters("a1", "udp-api").tx_packets, 3);
+    assert_eq!(daemon.agent("a1")["totals"]["denied"], 0);
+}
