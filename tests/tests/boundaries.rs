@@ -360,6 +360,41 @@ except socket.timeout:
     assert!(daemon.agent("watch")["totals"]["would_deny"].as_u64().unwrap_or(0) >= 1);
 }
 
+/// An agent (as nobody) allowed one UDP endpoint, `echo`, running `script` with the endpoint's
+/// port; the script prints its own port first.
+struct UdpAgent {
+    echo: std::net::UdpSocket,
+    root: AgentsRoot,
+    daemon: Daemon,
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl UdpAgent {
+    fn start(script: &str) -> Self {
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let echo_port = echo.local_addr().unwrap().port();
+        let root = AgentsRoot::new();
+        let daemon = Daemon::start(
+            &root,
+            &format!(
+                "[[endpoint]]\nname = \"udp-api\"\naddresses = [\"127.0.0.1\"]\nports = [{echo_port}]\nprotocol = \"udp\"\n\
+                 [[agent]]\nname = \"a1\"\nendpoints = [\"udp-api\"]\n"
+            ),
+        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script, &echo_port.to_string()]).stdout(std::process::Stdio::piped());
+        as_user(&mut cmd, NOBODY, NOBODY);
+        let mut child = governor_tests::spawn_in(&root.path.join("a1"), cmd);
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut port = String::new();
+        std::io::BufRead::read_line(&mut out, &mut port).unwrap();
+        let port: u16 = port.trim().parse().unwrap();
+        Self { echo, root, daemon, child, out, port }
+    }
+}
+
 /// An unconnected UDP socket that sent to an allowed endpoint hears only sources its agent may
 /// reach: the endpoint's reply arrives, a datagram from anyone else does not (it once gave the
 /// agent an inbound listener on a port `inbound` does not name).
@@ -383,24 +418,8 @@ for _ in range(2):
         print("timeout", flush=True)
 "#;
     // The allowed endpoint echoes what it gets; the stranger writes from another port.
-    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    let root = AgentsRoot::new();
-    let daemon = Daemon::start(
-        &root,
-        &format!(
-            "[[endpoint]]\nname = \"udp-api\"\naddresses = [\"127.0.0.1\"]\nports = [{echo_port}]\nprotocol = \"udp\"\n\
-             [[agent]]\nname = \"a1\"\nendpoints = [\"udp-api\"]\n"
-        ),
-    );
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", SCRIPT, &echo_port.to_string()]).stdout(std::process::Stdio::piped());
-    as_user(&mut cmd, NOBODY, NOBODY);
-    let mut child = governor_tests::spawn_in(&root.path.join("a1"), cmd);
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut port = String::new();
-    std::io::BufRead::read_line(&mut out, &mut port).unwrap();
-    let port: u16 = port.trim().parse().unwrap();
+    // `_root` keeps the agents root (and so the agent) alive to the end of the test.
+    let UdpAgent { echo, root: _root, daemon, mut child, mut out, port } = UdpAgent::start(SCRIPT);
     // First a stranger, then the endpoint's own reply.
     let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     stranger.send_to(b"stranger", ("127.0.0.1", port)).unwrap();
@@ -437,24 +456,7 @@ try:
 except socket.timeout:
     print("timeout", flush=True)
 "#;
-    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let echo_port = echo.local_addr().unwrap().port();
-    let root = AgentsRoot::new();
-    let daemon = Daemon::start(
-        &root,
-        &format!(
-            "[[endpoint]]\nname = \"udp-api\"\naddresses = [\"127.0.0.1\"]\nports = [{echo_port}]\nprotocol = \"udp\"\n\
-             [[agent]]\nname = \"a1\"\nendpoints = [\"udp-api\"]\n"
-        ),
-    );
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", SCRIPT, &echo_port.to_string()]).stdout(std::process::Stdio::piped());
-    as_user(&mut cmd, NOBODY, NOBODY);
-    let mut child = governor_tests::spawn_in(&root.path.join("a1"), cmd);
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut port = String::new();
-    std::io::BufRead::read_line(&mut out, &mut port).unwrap();
-    let port: u16 = port.trim().parse().unwrap();
+    let UdpAgent { echo: _echo, root: _root, daemon, mut child, mut out, port } = UdpAgent::start(SCRIPT);
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"stranger", ("127.0.0.1", port)).unwrap();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut out, &mut text).unwrap();
