@@ -172,9 +172,9 @@ pub const HOOK_BIND: u8 = 7;
 pub const TAG_COUNTED: u32 = 1;
 /// `SockTag::flags`: the socket holds one of its (agent, endpoint)'s `max_concurrent` places.
 pub const TAG_ENDPOINT_COUNTED: u32 = 2;
-/// `SockTag::flags`: a UDP socket tagged by a sendmsg with an address: while it is not
-/// connected, what it receives must come from a source its agent may reach (or the DNS proxy).
-pub const TAG_UDP_SENDMSG: u32 = 4;
+/// `SockTag::flags`: a UDP socket (tagged by connect or sendmsg): while it is not connected,
+/// what it receives must come from a source its agent may reach (or the DNS proxy).
+pub const TAG_UDP: u32 = 4;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

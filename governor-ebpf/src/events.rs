@@ -2,9 +2,11 @@
 //! counted in EVENTS_LOST and dropped; the counters that matter live in maps.
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use governor_common::{AgentInfo, DenyEvent};
+use governor_common::{
+    AgentInfo, ConnCounters, DenyEvent, ENDPOINT_UNLISTED, MODE_ENFORCE, StatsKey, VERDICT_DENIED, VERDICT_WOULD_DENY,
+};
 
-use crate::maps::{EVENTS, EVENTS_LOST};
+use crate::maps::{CONN_STATS, EVENTS, EVENTS_LOST, per_cpu_add};
 
 #[inline(always)]
 pub fn send(event: &DenyEvent) {
@@ -56,4 +58,32 @@ pub fn deny(
         (*e).addr = *addr;
     }
     entry.submit(0);
+}
+
+/// A call that has no endpoint (a socket type, a socket option, a bind) refused for `agent`:
+/// counted under its unlisted endpoint and reported, as `denied` in enforce mode, where the
+/// call fails (0), or as `would_deny` in observe mode, where it goes on (1).
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the event's fields, passed through")]
+pub fn refuse_call(
+    agent: &AgentInfo,
+    hook: u8,
+    reason: u8,
+    protocol: u8,
+    family: u8,
+    port: u16,
+    addr: &[u8; 16],
+) -> i32 {
+    let enforce = agent.mode == MODE_ENFORCE;
+    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
+    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
+        if enforce {
+            c.denied[reason as usize] += 1;
+        } else {
+            c.would_deny += 1;
+        }
+    });
+    let verdict = if enforce { VERDICT_DENIED } else { VERDICT_WOULD_DENY };
+    deny(agent, hook, reason, verdict, protocol, family, port, addr);
+    if enforce { 0 } else { 1 }
 }

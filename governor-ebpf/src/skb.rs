@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use governor_common::{
     ConnCounters, DenyEvent, ENDPOINT_DNS, ENDPOINT_UNLISTED, HOOK_EGRESS, HOOK_INGRESS, IPPROTO_UDP, MAX_RESOLVERS,
-    MODE_ENFORCE, PROXY_OCTET, REASON_INBOUND, SockTag, StatsKey, TAG_UDP_SENDMSG, VERDICT_DENIED,
+    MODE_ENFORCE, PROXY_OCTET, REASON_INBOUND, SockTag, StatsKey, TAG_UDP, VERDICT_DENIED,
 };
 
 use crate::{
@@ -43,10 +43,12 @@ pub fn count(ctx: &SkBuffContext, direction: Direction) -> i32 {
     if tag.agent_id == NO_AGENT {
         return PASS;
     }
-    if tag.flags & NOT_ADMITTED != 0
-        || (direction == Direction::Ingress && tag.flags & TAG_UDP_SENDMSG != 0 && !udp_source_admitted(ctx, sk, &tag))
-    {
-        refuse_inbound(&tag, direction);
+    if tag.flags & NOT_ADMITTED != 0 {
+        refuse_inbound(&tag, direction, tag.flags & FIRST_SIGHT != 0);
+        return DROP;
+    }
+    if direction == Direction::Ingress && tag.flags & TAG_UDP != 0 && !udp_source_admitted(ctx, sk, &tag) {
+        refuse_inbound(&tag, direction, true);
         return DROP;
     }
     // A suspended or paused agent's established connections carry no further payload.
@@ -108,7 +110,13 @@ pub fn wire(ctx: &SkBuff, link_header: u64) -> (u64, u64) {
 /// socket that no connect or sendmsg tagged (an accepted connection, a listener, a datagram
 /// received before any was sent, a socket older than the daemon) on a local port
 /// `[[agent]] inbound` does not name.
+/// Stored with the tag, so a flood at such a socket costs one storage lookup a packet, not the
+/// agent, socket and INBOUND lookups again (a socket refused so stays refused until a connect or
+/// sendmsg of the agent admits it).
 const NOT_ADMITTED: u32 = 1 << 31;
+/// Set on the returned copy only, the first time: the refusal is reported once per socket, and
+/// counted for every packet.
+const FIRST_SIGHT: u32 = 1 << 30;
 
 /// The socket's tag, creating it (charged to the agent's unlisted endpoint, at no price) on
 /// first sight. Sockets that belong to no agent get `NO_AGENT` and no tag: they are looked up
@@ -147,21 +155,20 @@ fn socket_tag(ctx: &SkBuffContext, sk: *mut bpf_sock) -> SockTag {
             unsafe { (read_volatile(addr_of!((*full).protocol)), read_volatile(addr_of!((*full).src_port))) };
         inbound_allowed(agent.agent_id, protocol as u8, port as u16)
     };
-    if !inbound {
-        if agent.mode == MODE_ENFORCE {
-            return SockTag { flags: NOT_ADMITTED, ..fresh };
-        }
+    let refused = !inbound && agent.mode == MODE_ENFORCE;
+    if !inbound && !refused {
         let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
         per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
     }
+    let stored = SockTag { flags: if refused { NOT_ADMITTED } else { 0 }, ..fresh };
     // SAFETY: as above; creation fails (null) on request and time-wait sockets, which is fine.
     let tag = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), BPF_SK_STORAGE_GET_F_CREATE.into()) }
         .cast::<SockTag>();
     if !tag.is_null() {
         // SAFETY: fresh slot of the right type.
-        unsafe { *tag = fresh };
+        unsafe { *tag = stored };
     }
-    fresh
+    SockTag { flags: stored.flags | if refused { FIRST_SIGHT } else { 0 }, ..stored }
 }
 
 /// Whether a datagram arriving on a UDP socket that sent with sendmsg comes from a source its
@@ -208,12 +215,14 @@ fn udp_source_admitted(ctx: &SkBuffContext, sk: *mut bpf_sock, tag: &SockTag) ->
     }
 }
 
-/// Counts and reports a packet dropped because nothing admitted its socket.
+/// Counts a packet dropped because nothing admitted it, and with `report` tells the daemon.
 #[inline(always)]
-fn refuse_inbound(tag: &SockTag, direction: Direction) {
+fn refuse_inbound(tag: &SockTag, direction: Direction, report: bool) {
     let key = StatsKey { agent_id: tag.agent_id, endpoint_id: ENDPOINT_UNLISTED };
     per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied[REASON_INBOUND as usize] += 1);
-    report_refused(tag, direction, REASON_INBOUND);
+    if report {
+        report_refused(tag, direction, REASON_INBOUND);
+    }
 }
 
 /// Tells the daemon a packet ran the agent (or host) into its ceiling or a spend checkpoint.

@@ -6,14 +6,14 @@ use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{bindings::bpf_sock, helpers::bpf_sk_storage_get, programs::SockContext};
 use governor_common::{
-    AF_INET, AF_INET6, ConnCounters, ENDPOINT_UNLISTED, HOOK_SOCK_CREATE, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE,
-    REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    AF_INET, AF_INET6, HOOK_SOCK_CREATE, IPPROTO_TCP, IPPROTO_UDP, REASON_SOCKET_TYPE, SockTag, StatsKey, TAG_COUNTED,
+    TAG_ENDPOINT_COUNTED,
 };
 
 use crate::{
     agent::{self, NO_AGENT},
     events, limits,
-    maps::{CONN_STATS, SOCK_TAGS, per_cpu_add},
+    maps::SOCK_TAGS,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -43,27 +43,16 @@ pub fn create(ctx: &SockContext) -> i32 {
     if agent.agent_id == NO_AGENT {
         return 1;
     }
-    let enforce = agent.mode == MODE_ENFORCE;
-    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
-    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
-        if enforce {
-            c.denied[REASON_SOCKET_TYPE as usize] += 1;
-        } else {
-            c.would_deny += 1;
-        }
-    });
-    let verdict = if enforce { VERDICT_DENIED } else { VERDICT_WOULD_DENY };
-    events::deny(
+    // The socket's type travels in `port`: there is no destination yet.
+    events::refuse_call(
         &agent,
         HOOK_SOCK_CREATE,
         REASON_SOCKET_TYPE,
-        verdict,
         protocol as u8,
         family as u8,
         kind as u16,
         &[0; 16],
-    );
-    if enforce { 0 } else { 1 }
+    )
 }
 
 /// Gives back the concurrent place a closing socket held.

@@ -19,8 +19,8 @@ use governor_common::{
     AF_INET, AF_INET6, ALLOW_KEY_FIXED_BITS, AgentInfo, AllowKeyV4, AllowKeyV6, ConnCounters, DNS_PORT, ENDPOINT_DNS,
     ENDPOINT_UNLISTED, HOOK_BIND, HOOK_SENDMSG, IPPROTO_TCP, IPPROTO_UDP, MODE_ENFORCE, REASON_CHECKPOINT,
     REASON_CONCURRENCY, REASON_DNS_RESOLVER, REASON_INBOUND, REASON_NOT_ALLOWLISTED, REASON_RATE_LIMIT,
-    REASON_SECOND_ENDPOINT, REASON_SOCKET_STORAGE, Rule, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED,
-    TAG_UDP_SENDMSG, TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
+    REASON_SECOND_ENDPOINT, REASON_SOCKET_STORAGE, Rule, SockTag, StatsKey, TAG_COUNTED, TAG_ENDPOINT_COUNTED, TAG_UDP,
+    TRAFFIC_UNCOUNTED, VERDICT_DENIED, VERDICT_WOULD_DENY,
 };
 
 use crate::{
@@ -104,14 +104,10 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     }
     // A UDP socket pays the connection price, takes a token and a concurrent place once per
     // endpoint it sends to (a "flow"); a connect always does.
-    // SAFETY: `tag` is null or a storage slot of the right type.
+    // SAFETY: `tag` is a non-null storage slot of the right type (checked above).
     let (same_flow, counted, old_flags, old_endpoint) = unsafe {
-        if tag.is_null() {
-            (false, false, 0, ENDPOINT_UNLISTED)
-        } else {
-            let same = (*tag).agent_id == agent.agent_id && (*tag).endpoint_id == rule.endpoint_id;
-            (hook == HOOK_SENDMSG && same, (*tag).flags & TAG_COUNTED != 0, (*tag).flags, (*tag).endpoint_id)
-        }
+        let same = (*tag).agent_id == agent.agent_id && (*tag).endpoint_id == rule.endpoint_id;
+        (hook == HOOK_SENDMSG && same, (*tag).flags & TAG_COUNTED != 0, (*tag).flags, (*tag).endpoint_id)
     };
     let enforce = agent.mode == MODE_ENFORCE;
     if !same_flow && enforce && !limits::rate_ok(agent.slot) {
@@ -125,7 +121,7 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if !listed {
         per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
         report(&agent, hook, REASON_NOT_ALLOWLISTED, VERDICT_WOULD_DENY, protocol, port, dest);
-        set_tag(tag, &agent, &rule, flags | (old_flags & TAG_ENDPOINT_COUNTED) | udp_sendmsg(hook, protocol));
+        set_tag(tag, &agent, &rule, flags | (old_flags & TAG_ENDPOINT_COUNTED) | udp_flag(protocol));
         return ALLOW;
     }
     // The endpoint's own limits for this agent, if it has any (`[[endpoint]] limits`).
@@ -179,7 +175,7 @@ pub fn verdict(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if old_flags & TAG_ENDPOINT_COUNTED != 0 && !ep_held {
         limits::endpoint_release(&StatsKey { agent_id: agent.agent_id, endpoint_id: old_endpoint });
     }
-    set_tag(tag, &agent, &rule, flags | udp_sendmsg(hook, protocol));
+    set_tag(tag, &agent, &rule, flags | udp_flag(protocol));
     ALLOW
 }
 
@@ -241,7 +237,7 @@ fn dns_verdict(
         c.flows += 1;
     });
     // Keep a place the socket already holds, so sock_release still gives it back.
-    set_tag(tag, agent, &DNS_RULE, if counted { TAG_COUNTED } else { 0 } | udp_sendmsg(hook, protocol));
+    set_tag(tag, agent, &DNS_RULE, if counted { TAG_COUNTED } else { 0 } | udp_flag(protocol));
     dns::redirect(ctx, route, agent, v6);
     ALLOW
 }
@@ -344,12 +340,12 @@ fn sent_by(ctx: &SockAddrContext, agent_id: u32) -> bool {
     !tag.is_null() && unsafe { (*tag).agent_id == agent_id && (*tag).endpoint_id != ENDPOINT_UNLISTED }
 }
 
-/// `TAG_UDP_SENDMSG` for every UDP tag, by connect or sendmsg: a connected socket can be
+/// `TAG_UDP` for every UDP tag, by connect or sendmsg: a connected socket can be
 /// disconnected (connect to AF_UNSPEC runs no hook) and keep its tag, so the ingress check
 /// must know it is UDP; while it stays connected, the check stops at its peer port.
 #[inline(always)]
-fn udp_sendmsg(_hook: u8, protocol: u8) -> u32 {
-    if protocol == IPPROTO_UDP { TAG_UDP_SENDMSG } else { 0 }
+fn udp_flag(protocol: u8) -> u32 {
+    if protocol == IPPROTO_UDP { TAG_UDP } else { 0 }
 }
 
 /// Whether the agent's allowlist (`rule_id`) admits UDP from `addr`:`port`: presence only,
@@ -433,15 +429,21 @@ fn set_tag(tag: *mut SockTag, agent: &AgentInfo, rule: &Rule, flags: u32) {
 
 #[inline(always)]
 pub fn report(agent: &AgentInfo, hook: u8, reason: u8, verdict: u8, protocol: u8, port: u16, dest: Dest) {
-    let (family, addr) = match dest {
+    let (family, addr) = family_addr(dest);
+    events::deny(agent, hook, reason, verdict, protocol, family, port, &addr);
+}
+
+/// A destination as an event carries it: the family, and the address in 16 bytes.
+#[inline(always)]
+fn family_addr(dest: Dest) -> (u8, [u8; 16]) {
+    match dest {
         Dest::V4(a) => {
             let mut addr = [0u8; 16];
             addr[..4].copy_from_slice(&a);
             (AF_INET, addr)
         }
         Dest::V6(a) => (AF_INET6, a),
-    };
-    events::deny(agent, hook, reason, verdict, protocol, family, port, &addr);
+    }
 }
 
 /// bind() for agents: a port other than 0 (the ephemeral ports clients bind) only if
@@ -465,13 +467,6 @@ pub fn bind(ctx: &SockAddrContext, v6: bool) -> i32 {
     // SAFETY: as above.
     let dest =
         unsafe { if v6 { read_ip6(sa) } else { Dest::V4(read_volatile(addr_of!((*sa).user_ip4)).to_ne_bytes()) } };
-    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
-    if agent.mode == MODE_ENFORCE {
-        per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.denied[REASON_INBOUND as usize] += 1);
-        report(&agent, HOOK_BIND, REASON_INBOUND, VERDICT_DENIED, protocol, port, dest);
-        return DENY;
-    }
-    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| c.would_deny += 1);
-    report(&agent, HOOK_BIND, REASON_INBOUND, VERDICT_WOULD_DENY, protocol, port, dest);
-    ALLOW
+    let (family, addr) = family_addr(dest);
+    events::refuse_call(&agent, HOOK_BIND, REASON_INBOUND, protocol, family, port, &addr)
 }

@@ -7,15 +7,11 @@
 use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::programs::SockoptContext;
-use governor_common::{
-    AF_INET, AF_INET6, ConnCounters, ENDPOINT_UNLISTED, HOOK_SETSOCKOPT, MODE_ENFORCE, REASON_SOCKET_OPTION, StatsKey,
-    VERDICT_DENIED, VERDICT_WOULD_DENY,
-};
+use governor_common::{AF_INET, AF_INET6, HOOK_SETSOCKOPT, REASON_SOCKET_OPTION};
 
 use crate::{
     agent::{self, NO_AGENT},
     events,
-    maps::{CONN_STATS, per_cpu_add},
 };
 
 const SOL_IP: i32 = 0;
@@ -43,26 +39,7 @@ pub fn setsockopt(ctx: &SockoptContext) -> i32 {
     if agent.agent_id == NO_AGENT {
         return 1;
     }
-    let enforce = agent.mode == MODE_ENFORCE;
-    let key = StatsKey { agent_id: agent.agent_id, endpoint_id: ENDPOINT_UNLISTED };
-    per_cpu_add(&CONN_STATS, &key, |c: &mut ConnCounters| {
-        if enforce {
-            c.denied[REASON_SOCKET_OPTION as usize] += 1;
-        } else {
-            c.would_deny += 1;
-        }
-    });
-    let verdict = if enforce { VERDICT_DENIED } else { VERDICT_WOULD_DENY };
     // The option's level and name travel in `protocol` and `port`: there is no destination.
-    events::deny(
-        &agent,
-        HOOK_SETSOCKOPT,
-        REASON_SOCKET_OPTION,
-        verdict,
-        level as u8,
-        if v6 { AF_INET6 } else { AF_INET },
-        optname as u16,
-        &[0; 16],
-    );
-    if enforce { 0 } else { 1 }
+    let family = if v6 { AF_INET6 } else { AF_INET };
+    events::refuse_call(&agent, HOOK_SETSOCKOPT, REASON_SOCKET_OPTION, level as u8, family, optname as u16, &[0; 16])
 }

@@ -119,22 +119,12 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         format!("cannot listen for agents' DNS on loopback port {dns_port} (dns.proxy_port; 0 picks a free one)")
     })?;
 
-    let fresh_pins = !crate::kernel::pins::pin_dir(&crate::kernel::pins::bpffs()?, &root.path).exists();
-    let pins = match PinDir::open(&root.path) {
-        Ok(p) => p,
-        Err(e) => {
-            if fresh_pins {
-                let _ =
-                    std::fs::remove_dir_all(crate::kernel::pins::pin_dir(&crate::kernel::pins::bpffs()?, &root.path));
-            }
-            return Err(e.into());
-        }
-    };
-    instance.add_pins(&pins.base)?;
+    let pins = PinDir::open(&root.path)?;
     // A start that fails before it is running takes back the pins it created (unpinned, its
     // links go with its descriptors); pins it adopted stay, and so do the links it switched to
     // its own programs, which enforce the same maps.
-    let mut unpin_on_failure = Unpin(fresh_pins.then(|| pins.base.clone()));
+    let mut unpin_on_failure = Unpin(pins.created.then(|| pins.base.clone()));
+    instance.add_pins(&pins.base)?;
     let mut kernel = Kernel::load(root.agent_level, *d.events_buffer_bytes.get_ref() as u32, pins)?;
     let adopted = kernel.adopted;
     let (mut maps, events) = kernel.take_maps()?;

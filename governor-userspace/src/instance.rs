@@ -31,7 +31,7 @@ pub enum InstanceError {
 
 /// The locks a running daemon holds; released when dropped (or when the process ends).
 pub struct InstanceLock {
-    _locks: Vec<Flock<File>>,
+    locks: Vec<Flock<File>>,
     pid_file: Option<PathBuf>,
 }
 
@@ -47,12 +47,12 @@ impl InstanceLock {
         if let Err(e) = written {
             tracing::warn!(path = %pid_file.display(), error = %e, "could not write the pid file");
         }
-        Ok(Self { _locks: vec![lock], pid_file: Some(pid_file) })
+        Ok(Self { locks: vec![lock], pid_file: Some(pid_file) })
     }
 
     /// No lock yet: for adding pin directories alone (`governor detach`).
     pub fn none() -> Self {
-        Self { _locks: Vec::new(), pid_file: None }
+        Self { locks: Vec::new(), pid_file: None }
     }
 
     /// Adds the lock on the pin directory of the agents root; `state_dir`'s pid file names the
@@ -62,7 +62,7 @@ impl InstanceLock {
             Busy => InstanceError::RootBusy { dir: pin_dir.to_owned(), pid: None },
             Failed(source) => InstanceError::Lock { dir: pin_dir.to_owned(), source },
         })?;
-        self._locks.push(lock);
+        self.locks.push(lock);
         Ok(())
     }
 }

@@ -303,7 +303,8 @@ impl Books {
     /// one, or one of the free ones.
     pub fn free_slots_for(&self, owners: &[&str]) -> bool {
         let needed = owners.iter().filter(|o| !self.retired.contains_key(**o)).count();
-        let used = self.accounts.len() + self.retired.len();
+        // The host's account sits in slot 0, outside the agents' 1..=MAX_AGENTS.
+        let used = self.accounts.values().filter(|a| a.slot != HOST_SLOT).count() + self.retired.len();
         needed <= (MAX_AGENTS as usize).saturating_sub(used)
     }
 

@@ -11,6 +11,9 @@ use serde_json::json;
 
 use crate::{audit::AuditLog, cgroup::Cgroup2Mount, config::LoadedConfig, kernel::pins};
 
+/// `enum bpf_attach_type`: the connect4 hook, which governor's programs always use.
+const CGROUP_INET4_CONNECT: u32 = 10;
+
 /// What `detach` found (and, unless it was a dry run, removed).
 struct Found {
     dir: PathBuf,
@@ -88,6 +91,19 @@ pub fn run(config: Option<&Path>, dry_run: bool) -> anyhow::Result<()> {
         println!("removed {}", f.dir.display());
     }
     drop(lock);
+    // The kernel lets go of an unpinned link a moment later (deferred work): report "off" only
+    // once the agents root's connect hook runs nothing more.
+    let root_fd = std::fs::File::open(&root).ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Some(fd) = &root_fd
+        && crate::kernel::link::effective_programs(std::os::fd::AsFd::as_fd(fd), CGROUP_INET4_CONNECT)
+            .is_ok_and(|ids| !ids.is_empty())
+    {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the pins are gone, but programs are still in effect on {} after 5 s", root.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     println!(
         "governor's programs are off {}; its spend stays in {} for a later start",
         root.display(),

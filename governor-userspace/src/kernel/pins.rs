@@ -109,6 +109,8 @@ pub fn pin_dir(bpffs: &Path, agents_root: &Path) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct PinDir {
     pub base: PathBuf,
+    /// This open made `base` (no daemon pinned there before): a start that fails may remove it.
+    pub created: bool,
 }
 
 /// Pin directories for the same agents root under other layout versions, by either name.
@@ -167,13 +169,20 @@ impl PinDir {
         if let Some(found) = other_layouts(bpffs, agents_root).into_iter().next() {
             return Err(PinError::OtherLayout { found });
         }
+        let created = !base.exists();
         let governor = bpffs.join("governor");
         for dir in
             [governor.clone(), governor.join(LAYOUT_VERSION), base.clone(), base.join("maps"), base.join("links")]
         {
-            trusted_dir(&dir)?;
+            if let Err(e) = trusted_dir(&dir) {
+                // Half made by this open: taken back (an existing directory is left alone).
+                if created {
+                    let _ = std::fs::remove_dir_all(&base);
+                }
+                return Err(e);
+            }
         }
-        Ok(Self { base })
+        Ok(Self { base, created })
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
